@@ -1,0 +1,85 @@
+"""Fixtures shared by every test that needs the local Kubernetes control plane."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from lightkube import AsyncClient, KubeConfig
+
+from e2e.controlplane.localcluster import ClusterInfo, down, up
+from tests.harness.cluster import Cluster
+from tests.harness.wait import wait_until
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The local cluster: the one ``make cluster-up`` started (named by KUBECONFIG), or a new one."""
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig and (Path(kubeconfig).parent / "cluster.json").exists():
+        yield Cluster(ClusterInfo.load(Path(kubeconfig).parent))
+        return
+    state = tmp_path_factory.mktemp("cluster")
+    info = up(state)
+    try:
+        yield Cluster(info)
+    finally:
+        down(state)
+
+
+@pytest.fixture
+async def kube(cluster: Cluster) -> AsyncIterator[AsyncClient]:
+    client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), field_manager="aperag-tests")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def namespace(request: pytest.FixtureRequest, cluster: Cluster, kube: AsyncClient) -> AsyncIterator[str]:
+    """A fresh namespace for one test, with its default ServiceAccount in place; deleted afterwards."""
+    from lightkube.models.meta_v1 import ObjectMeta
+    from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    await kube.create(Namespace(metadata=ObjectMeta(name=name, labels={"aperag.io/test": "true"})))
+
+    async def default_service_account() -> bool:
+        return bool([sa async for sa in kube.list(ServiceAccount, namespace=name) if sa.metadata.name == "default"])
+
+    await wait_until(default_service_account, timeout=30, what=f"ServiceAccount default in {name}")
+    yield name
+    await kube.delete(Namespace, name)
+
+
+def shared_dir() -> Path:
+    """``shared/`` beside the repository (CI clones main with it there); APERAG_SHARED_DIR overrides."""
+    override = os.environ.get("APERAG_SHARED_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared"
+
+
+UPSTREAM_CRD_DIRS = ("kubeblocks-v1.0.2", "keda-v2.20.2")
+
+
+@pytest.fixture(scope="session")
+def upstream_crds(cluster: Cluster) -> list[str]:
+    """The real KubeBlocks and KEDA CRDs, installed with server-side apply and Established.
+
+    Returns the CRD names. Server-side apply because the Cluster CRD (2.2 MB) is far over the
+    256 KiB last-applied annotation that client-side apply would need.
+    """
+    crd_root = shared_dir() / "fixtures" / "crds"
+    if not crd_root.is_dir():
+        raise FileNotFoundError(f"upstream CRDs not found at {crd_root}; set APERAG_SHARED_DIR")
+    args = ["apply", "--server-side", "--force-conflicts", "--field-manager=aperag-tests", "-o", "name"]
+    for sub in UPSTREAM_CRD_DIRS:
+        args += ["-f", str(crd_root / sub)]
+    names = [line.split("/", 1)[1] for line in cluster.kubectl(*args).stdout.split()]
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    return names
