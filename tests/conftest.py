@@ -51,7 +51,8 @@ async def namespace(request: pytest.FixtureRequest, cluster: Cluster, kube: Asyn
     await kube.create(Namespace(metadata=ObjectMeta(name=name, labels={"aperag.io/test": "true"})))
 
     async def default_service_account() -> bool:
-        return bool([sa async for sa in kube.list(ServiceAccount, namespace=name) if sa.metadata.name == "default"])
+        accounts = [sa async for sa in kube.list(ServiceAccount, namespace=name)]
+        return any(sa.metadata is not None and sa.metadata.name == "default" for sa in accounts)
 
     await wait_until(default_service_account, timeout=30, what=f"ServiceAccount default in {name}")
     yield name

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -391,7 +392,7 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval
         try:
             if check():
                 return
-        except Exception as err:  # noqa: BLE001 - the component is still starting; keep polling
+        except Exception as err:
             last_error = err
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
@@ -450,8 +451,10 @@ def up(state: Path, *, nodes: int = 2) -> ClusterInfo:
     bin_dir = build_binaries()
     log(f"binaries ready in {time.monotonic() - started:.1f}s ({bin_dir})")
     started = time.monotonic()
+    # A stopped cluster is not resumed: a fresh store and fresh logs, only the PKI is kept.
     for sub in ("logs", "etcd", "certs"):
-        (state / sub).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(state / sub, ignore_errors=True)
+        (state / sub).mkdir(parents=True)
     pki = state / "pki"
     make_pki(pki)
     etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
@@ -524,6 +527,9 @@ def _start_processes(
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--authorization-mode=Node,RBAC",
         "--allow-privileged=true",
+        # Without the node lifecycle controller nothing would lift the not-ready taint this plugin
+        # puts on new nodes; kwok reports the nodes Ready at once.
+        "--disable-admission-plugins=TaintNodesByCondition",
         f"--audit-policy-file={state / 'audit-policy.yaml'}",
         f"--audit-log-path={info.audit_log}", "--audit-log-format=json", "--audit-log-mode=blocking",
         "--audit-log-maxsize=0",

@@ -192,7 +192,9 @@ async def test_restricted_pod_security_rejects_privileged_and_admits_compliant(
 
     privileged = Pod(
         metadata=ObjectMeta(name="privileged", namespace=namespace),
-        spec=PodSpec(containers=[Container(name="main", image=IMAGE, securityContext=SecurityContext(privileged=True))]),
+        spec=PodSpec(
+            containers=[Container(name="main", image=IMAGE, securityContext=SecurityContext(privileged=True))]
+        ),
     )
     with pytest.raises(ApiError) as rejected:
         await kube.create(privileged)
@@ -241,7 +243,17 @@ async def test_upstream_crds_install_and_validate_objects(
     wrong = json.loads(json.dumps(KUBEBLOCKS_CLUSTER))
     wrong["metadata"]["name"] = "pg-wrong"
     wrong["spec"]["componentSpecs"][0]["replicas"] = "two"
-    rejected = cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", check=False, input=json.dumps(wrong))
+    # A create goes through the schema's validation and gets its message ...
+    rejected = cluster.kubectl("create", "-n", namespace, "-f", "-", check=False, input=json.dumps(wrong))
     assert rejected.returncode != 0
     assert "spec.componentSpecs[0].replicas" in rejected.stderr
     assert "must be of type integer" in rejected.stderr
+    # ... and server-side apply is refused earlier, by the schema-typed merge, naming the field too.
+    applied = cluster.kubectl(
+        "apply", "--server-side", "-n", namespace, "-f", "-", check=False, input=json.dumps(wrong)
+    )
+    assert applied.returncode != 0
+    assert ".spec.componentSpecs[0].replicas: expected numeric" in applied.stderr
+    assert cluster.kubectl("get", "clusters.apps.kubeblocks.io", "-n", namespace, "-o", "name").stdout.split() == [
+        "cluster.apps.kubeblocks.io/pg"
+    ]

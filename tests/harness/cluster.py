@@ -40,7 +40,7 @@ class Cluster:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
 
     def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None  # noqa: A002 - subprocess's name
+        self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [KUBECTL, f"--kubeconfig={self.kubeconfig}", *args],

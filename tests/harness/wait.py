@@ -6,18 +6,26 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def wait_until(
-    check: Callable[[], Awaitable[T] | T], *, timeout: float, interval: float = 0.2, what: str
-) -> T:
+    check: Callable[[], Awaitable[T]], *, timeout: float, interval: float = 0.2, what: str
+) -> T: ...
+
+
+@overload
+async def wait_until(check: Callable[[], T], *, timeout: float, interval: float = 0.2, what: str) -> T: ...
+
+
+async def wait_until(check: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str) -> Any:
     """Polls ``check`` until it returns a truthy value and returns that value.
 
-    Raises TimeoutError naming ``what`` and the last value (or exception) seen, so a failing test
-    says what it was waiting for and how far it got.
+    Raises TimeoutError naming ``what`` and the last value (or failed assertion) seen, so a failing
+    test says what it was waiting for and how far it got.
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -27,7 +35,7 @@ async def wait_until(
             if inspect.isawaitable(result):
                 result = await result
             if result:
-                return result  # type: ignore[return-value]
+                return result
             last = result
         except AssertionError as err:
             last = err
