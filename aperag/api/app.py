@@ -1,0 +1,233 @@
+"""FastAPI application factory. The API never migrates the database (the operator's Job does)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, HTTPException, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+
+from aperag import metrics, services
+from aperag.api.schemas import (
+    CollectionCreate,
+    CollectionOut,
+    DocumentOut,
+    ReadyOut,
+    SearchHit,
+    SearchOut,
+    SearchRequest,
+    UploadOut,
+)
+from aperag.context import AppContext
+from aperag.db.models import Collection, Document
+from aperag.parsing import UnparsableDocument, UnsupportedDocument
+from aperag.search import search
+from aperag.stores import StoreUnavailable
+
+log = logging.getLogger(__name__)
+# A no-op tracer unless aperag.telemetry.setup_tracing installed a provider.
+_tracer = trace.get_tracer("aperag.api")
+# Module level: route signatures are resolved against module globals (postponed annotations).
+_bearer = HTTPBearer(auto_error=False)
+
+_ERRORS: dict[type[Exception], int] = {
+    services.NotFound: 404,
+    services.Conflict: 409,
+    services.InvalidInput: 400,
+    services.TooLarge: 413,
+    UnsupportedDocument: 415,
+    UnparsableDocument: 422,
+    StoreUnavailable: 503,
+}
+
+
+class _QueueDepthCollector(Collector):
+    """Reads the queue length at scrape time, so the gauge is never stale."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Any:
+        gauge = GaugeMetricFamily("aperag_ingestion_queue_depth", "Documents waiting for a worker")
+        try:
+            if self.ctx.dispatcher is not None:
+                gauge.add_metric([], float(self.ctx.dispatcher.queue_depth()))
+        except Exception as exc:  # a scrape must not fail because Redis is briefly away
+            log.debug("queue depth unavailable: %s", exc)
+        yield gauge
+
+
+def _doc_out(doc: Document) -> DocumentOut:
+    return DocumentOut.model_validate(doc, from_attributes=True)
+
+
+def _collection_out(ctx: AppContext, c: Collection) -> CollectionOut:
+    return CollectionOut(
+        id=c.id,
+        name=c.name,
+        description=c.description,
+        created_at=c.created_at,
+        documents=services.document_counts(ctx, c.id),
+    )
+
+
+def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = None) -> FastAPI:
+    queue_collector = _QueueDepthCollector(ctx)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        REGISTRY.register(queue_collector)
+        try:
+            yield
+        finally:
+            REGISTRY.unregister(queue_collector)
+            # Runs before uvicorn re-raises SIGTERM, unlike code after uvicorn.run().
+            for hook in on_shutdown or []:
+                hook()
+
+    app = FastAPI(
+        title="ApeRAG", version="0.1.0", description="Retrieval over your documents.", lifespan=lifespan
+    )
+    app.state.ctx = ctx
+
+    def require_key(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if not ctx.settings.auth_enabled:
+            return
+        token = creds.credentials if creds is not None else ""
+        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in ctx.settings.api_keys):
+            raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(require_key)]
+
+    for exc_type, status in _ERRORS.items():
+
+        def handler(_: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        app.add_exception_handler(exc_type, handler)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        with _tracer.start_as_current_span(f"{request.method} {request.url.path}"):
+            response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/health/live", tags=["health"])
+    def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", response_model=ReadyOut, tags=["health"])
+    def ready(response: Response) -> ReadyOut:
+        checks: dict[str, str] = {}
+
+        def check(name: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"error: {exc}"[:300]
+
+        def database() -> None:
+            with ctx.sessions() as session:
+                session.execute(text("SELECT 1 FROM collections LIMIT 1"))
+
+        check("database", database)
+        if ctx.dispatcher is not None and ctx.settings.redis_configured:
+            check("redis", ctx.dispatcher.queue_depth)
+        check("vector_store", ctx.vector_store.ping)
+        check("fulltext_store", ctx.fulltext_store.ping)
+        check("object_store", ctx.object_store.ping)
+        ok = all(v == "ok" for v in checks.values())
+        response.status_code = 200 if ok else 503
+        return ReadyOut(ready=ok, checks=checks)
+
+    @app.get("/metrics", tags=["health"])
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/api/v1/collections", status_code=201, response_model=CollectionOut, dependencies=auth)
+    def create_collection(body: CollectionCreate) -> CollectionOut:
+        return _collection_out(ctx, services.create_collection(ctx, body.name, body.description))
+
+    @app.get("/api/v1/collections", response_model=list[CollectionOut], dependencies=auth)
+    def list_collections() -> list[CollectionOut]:
+        return [_collection_out(ctx, c) for c in services.list_collections(ctx)]
+
+    @app.get("/api/v1/collections/{collection}", response_model=CollectionOut, dependencies=auth)
+    def get_collection(collection: str) -> CollectionOut:
+        return _collection_out(ctx, services.get_collection(ctx, collection))
+
+    @app.delete("/api/v1/collections/{collection}", status_code=204, dependencies=auth)
+    def delete_collection(collection: str) -> Response:
+        services.delete_collection(ctx, collection)
+        return Response(status_code=204)
+
+    @app.post("/api/v1/collections/{collection}/documents", response_model=UploadOut, dependencies=auth)
+    async def upload(collection: str, response: Response, file: Annotated[UploadFile, File()]) -> UploadOut:
+        # Read one byte past the limit: enough to know the file is too large without buffering it all.
+        data = await file.read(ctx.settings.max_upload_bytes + 1)
+        result = await run_in_threadpool(
+            services.upload_document, ctx, collection, file.filename or "upload", file.content_type, data
+        )
+        response.status_code = 201 if result.created else 200
+        return UploadOut(**_doc_out(result.document).model_dump(), duplicate=not result.created)
+
+    @app.get(
+        "/api/v1/collections/{collection}/documents", response_model=list[DocumentOut], dependencies=auth
+    )
+    def list_documents(collection: str) -> list[DocumentOut]:
+        return [_doc_out(d) for d in services.list_documents(ctx, collection)]
+
+    @app.get(
+        "/api/v1/collections/{collection}/documents/{document_id}",
+        response_model=DocumentOut,
+        dependencies=auth,
+    )
+    def get_document(collection: str, document_id: str) -> DocumentOut:
+        return _doc_out(services.get_document(ctx, collection, document_id))
+
+    @app.delete(
+        "/api/v1/collections/{collection}/documents/{document_id}", status_code=204, dependencies=auth
+    )
+    def delete_document(collection: str, document_id: str) -> Response:
+        services.delete_document(ctx, collection, document_id)
+        return Response(status_code=204)
+
+    @app.post(
+        "/api/v1/collections/{collection}/documents/{document_id}/reindex",
+        status_code=202,
+        response_model=DocumentOut,
+        dependencies=auth,
+    )
+    def reindex(collection: str, document_id: str) -> DocumentOut:
+        doc = services.get_document(ctx, collection, document_id)
+        return _doc_out(services.reindex_document(ctx, doc.id))
+
+    @app.post("/api/v1/collections/{collection}/search", response_model=SearchOut, dependencies=auth)
+    def search_collection(collection: str, body: SearchRequest) -> SearchOut:
+        c = services.get_collection(ctx, collection)
+        found = search(ctx, c.id, body.query, body.mode, body.top_k)
+        return SearchOut(
+            mode=body.mode,
+            results=[SearchHit(**r.__dict__) for r in found.results],
+            timings_ms=found.timings_ms,
+        )
+
+    return app

@@ -1,0 +1,259 @@
+"""`aperag` command line: serve, worker, beat, migrate, ingest, search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from aperag.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("aperag")
+
+
+def _require_database(settings: Settings) -> None:
+    if not settings.database_configured:
+        raise SystemExit("POSTGRES_HOST is not set: this command needs a configured database")
+
+
+def _embedded_settings(settings: Settings) -> tuple[Settings, object]:
+    """Start the embedded PostgreSQL and return settings pointing at it."""
+    from aperag import migrate
+    from aperag.embedded_pg import EmbeddedPostgres
+
+    home = Path(settings.embedded_pg_data_dir or Path.home() / ".local/share/aperag")
+    server = EmbeddedPostgres(home / "pgdata", port=int(os.environ.get("EMBEDDED_PG_PORT", "0")) or None)
+    server.start()
+    server.create_database("aperag")
+    objects = settings.object_store_local_root_dir
+    if "OBJECT_STORE_LOCAL_ROOT_DIR" not in os.environ:
+        objects = str(home / "objects")
+    embedded = replace(
+        settings,
+        postgres_host="127.0.0.1",
+        postgres_port=server.port,
+        postgres_db="aperag",
+        postgres_user=server.user,
+        postgres_password="",
+        vector_db_type="pgvector",
+        fulltext_type="postgres",
+        object_store_type="local",
+        object_store_local_root_dir=objects,
+    )
+    # Embedded mode is the one place the app migrates itself: there is no operator Job.
+    migrate.upgrade(embedded.database_url)
+    return embedded, server
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from aperag.api.app import create_app
+    from aperag.context import AppContext
+    from aperag.ingest.dispatch import CeleryDispatcher, InProcessDispatcher
+    from aperag.telemetry import setup_tracing
+
+    setup_tracing("aperag-api")
+    server = None
+    if not settings.database_configured:
+        log.info("no POSTGRES_HOST: starting embedded PostgreSQL with pgvector and an in-process worker")
+        settings, server = _embedded_settings(settings)
+    ctx = AppContext(settings=settings)
+    if settings.redis_configured and server is None:
+        ctx.dispatcher = CeleryDispatcher(settings.redis_url)
+    else:
+        ctx.dispatcher = InProcessDispatcher(ctx, max_retries=settings.task_max_retries)
+    if server is not None:
+        ctx.ensure_store_schemas()
+    if not settings.auth_enabled:
+        log.warning("APERAG_API_KEYS is empty: the API accepts requests without authentication")
+    hooks = [server.stop] if server is not None else []  # type: ignore[attr-defined]
+    app = create_app(ctx, on_shutdown=hooks)
+    uvicorn.run(
+        app, host=args.host or settings.api_host, port=args.port or settings.api_port, log_level="info"
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    _require_database(settings)
+    if not settings.redis_configured:
+        raise SystemExit("REDIS_HOST is not set: the worker needs the Redis broker")
+    from aperag.ingest.celery_app import celery_app
+    from aperag.telemetry import setup_tracing
+
+    setup_tracing("aperag-worker")
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port)
+    argv = ["worker", "--loglevel", args.loglevel, "-Q", "celery", "--concurrency", str(args.concurrency)]
+    if args.pool:
+        argv += ["--pool", args.pool]
+    celery_app.worker_main(argv)
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.redis_configured:
+        raise SystemExit("REDIS_HOST is not set: beat needs the Redis broker")
+    from aperag.ingest.celery_app import celery_app
+
+    # The schedule file must be on a writable path: the root filesystem is read-only in a cluster.
+    celery_app.start(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from aperag import migrate
+
+    if args.action == "heads":
+        print(json.dumps({"heads": migrate.heads()}))
+        return 0
+    _require_database(settings)
+    url = settings.database_url
+    if args.action == "current":
+        print(migrate.current_json(url))
+        return 0
+    if args.action == "upgrade":
+        migrate.upgrade(url, args.revision or "head")
+        if not args.skip_stores:
+            from aperag.context import AppContext
+
+            AppContext(settings=settings).ensure_store_schemas()
+    elif args.action == "downgrade":
+        if not args.revision:
+            raise SystemExit("downgrade needs a revision (e.g. base or 0001)")
+        migrate.downgrade(url, args.revision)
+    print(migrate.current_json(url))
+    return 0
+
+
+def _collect_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        return [path]
+    raise SystemExit(f"{path} does not exist")
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Index files synchronously in this process (no queue), for scripts and first loads."""
+    _require_database(settings)
+    from aperag import services
+    from aperag.context import AppContext
+    from aperag.ingest.pipeline import index_document
+    from aperag.parsing import UnparsableDocument, UnsupportedDocument
+
+    ctx = AppContext(settings=settings)
+    try:
+        collection = services.get_collection(ctx, args.collection)
+    except services.NotFound:
+        collection = services.create_collection(ctx, args.collection)
+    summary: list[dict[str, object]] = []
+    for file in _collect_files(Path(args.path)):
+        try:
+            result = services.upload_document(ctx, collection.id, file.name, None, file.read_bytes())
+        except (UnsupportedDocument, UnparsableDocument, services.InvalidInput, services.TooLarge) as exc:
+            summary.append({"file": str(file), "status": "rejected", "error": str(exc)})
+            continue
+        status = index_document(ctx, result.document.id, final_attempt=True)
+        doc = services.get_document(ctx, collection.id, result.document.id)
+        summary.append(
+            {
+                "file": str(file),
+                "document_id": doc.id,
+                "status": status,
+                "chunks": doc.chunk_count,
+                "error": doc.error,
+            }
+        )
+    print(json.dumps({"collection": collection.name, "documents": summary}, indent=2))
+    return 0 if all(d["status"] in ("ready", "skipped") for d in summary) else 1
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    _require_database(settings)
+    from aperag import services
+    from aperag.context import AppContext
+    from aperag.search import search
+
+    ctx = AppContext(settings=settings)
+    collection = services.get_collection(ctx, args.collection)
+    found = search(ctx, collection.id, args.query, args.mode, args.top_k)
+    print(
+        json.dumps(
+            {"results": [r.__dict__ for r in found.results], "timings_ms": found.timings_ms},
+            indent=2,
+            default=str,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aperag", description="ApeRAG: retrieval over your documents")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (embedded PostgreSQL if POSTGRES_HOST is unset)")
+    serve.add_argument("--host", default="")
+    serve.add_argument("--port", type=int, default=0)
+    serve.set_defaults(fn=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a Celery ingestion worker")
+    worker.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "1")))
+    worker.add_argument("--pool", default=os.environ.get("WORKER_POOL", ""))
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(fn=cmd_worker)
+
+    beat = sub.add_parser("beat", help="run the periodic reconciler scheduler")
+    beat.add_argument("--loglevel", default="INFO")
+    beat.add_argument(
+        "--schedule", default=os.environ.get("BEAT_SCHEDULE_FILE", "/tmp/aperag-celerybeat-schedule")
+    )
+    beat.set_defaults(fn=cmd_beat)
+
+    mig = sub.add_parser("migrate", help="database schema migrations (under an advisory lock)")
+    mig.add_argument("action", choices=["upgrade", "downgrade", "current", "heads"])
+    mig.add_argument("revision", nargs="?", default="")
+    mig.add_argument(
+        "--skip-stores", action="store_true", help="upgrade: do not create vector/full-text schemas"
+    )
+    mig.set_defaults(fn=cmd_migrate)
+
+    ingest = sub.add_parser(
+        "ingest", help="index a file or a directory into a collection (created if missing)"
+    )
+    ingest.add_argument("path")
+    ingest.add_argument("--collection", required=True)
+    ingest.set_defaults(fn=cmd_ingest)
+
+    search = sub.add_parser("search", help="search a collection")
+    search.add_argument("query")
+    search.add_argument("--collection", required=True)
+    search.add_argument("--mode", choices=["vector", "fulltext", "hybrid"], default="hybrid")
+    search.add_argument("--top-k", type=int, default=5)
+    search.set_defaults(fn=cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    result: int = args.fn(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

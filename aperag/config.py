@@ -1,0 +1,215 @@
+"""Settings read from the environment.
+
+The names follow upstream ApeRAG where it has one; docs/app.md is the contract the operator relies on,
+so every variable read here must be documented there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+
+class ConfigError(ValueError):
+    """A setting has a value the app cannot use."""
+
+
+def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, default).strip()
+
+
+def _get_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _get_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _get(env, name, default).lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _get_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name).lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Metadata database. An empty host means "no database configured": `aperag serve` then starts
+    # an embedded PostgreSQL (see aperag.embedded_pg).
+    postgres_host: str = ""
+    postgres_port: int = 5432
+    postgres_db: str = "aperag"
+    postgres_user: str = "postgres"
+    postgres_password: str = ""
+
+    redis_host: str = ""
+    redis_port: int = 6379
+    redis_user: str = ""
+    redis_password: str = ""
+    redis_db: int = 0
+
+    vector_db_type: str = "pgvector"
+    qdrant_url: str = ""
+    qdrant_api_key: str = ""
+    # Local (embedded) Qdrant: ":memory:" or a directory. Used when QDRANT_URL is empty.
+    qdrant_path: str = ":memory:"
+    qdrant_collection: str = "aperag_chunks"
+
+    fulltext_type: str = "postgres"
+    es_host_name: str = "127.0.0.1"
+    es_port: int = 9200
+    es_protocol: str = "http"
+    es_user: str = ""
+    es_password: str = ""
+    es_index: str = "aperag_chunks"
+
+    object_store_type: str = "local"
+    object_store_local_root_dir: str = "/data/objects"
+    object_store_s3_endpoint: str = ""
+    object_store_s3_region: str = ""
+    object_store_s3_access_key: str = ""
+    object_store_s3_secret_key: str = ""
+    object_store_s3_bucket: str = "aperag"
+    object_store_s3_prefix_path: str = ""
+    object_store_s3_use_path_style: bool = True
+
+    embedding_backend: str = "local"
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_api_base: str = ""
+    embedding_api_key: str = ""
+    embedding_dimension: int = 384
+    embedding_batch_size: int = 32
+
+    chunk_size: int = 200
+    chunk_overlap_size: int = 20
+    index_batch_size: int = 256
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+    api_keys: tuple[str, ...] = field(default_factory=tuple)
+    api_host: str = "0.0.0.0"
+    api_port: int = 8000
+
+    task_max_retries: int = 5
+    task_retry_backoff_max: int = 300
+    reconcile_interval_seconds: int = 60
+    stuck_after_seconds: int = 900
+    worker_metrics_port: int = 0
+
+    embedded_pg_data_dir: str = ""
+
+    @property
+    def database_configured(self) -> bool:
+        return bool(self.postgres_host)
+
+    @property
+    def database_url(self) -> str:
+        if not self.database_configured:
+            raise ConfigError("POSTGRES_HOST is not set")
+        auth = quote(self.postgres_user, safe="")
+        if self.postgres_password:
+            auth += ":" + quote(self.postgres_password, safe="")
+        return (
+            f"postgresql+psycopg://{auth}@{self.postgres_host}:{self.postgres_port}/"
+            f"{quote(self.postgres_db, safe='')}"
+        )
+
+    @property
+    def redis_configured(self) -> bool:
+        return bool(self.redis_host)
+
+    @property
+    def redis_url(self) -> str:
+        auth = ""
+        if self.redis_user or self.redis_password:
+            auth = f"{quote(self.redis_user, safe='')}:{quote(self.redis_password, safe='')}@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def es_url(self) -> str:
+        return f"{self.es_protocol}://{self.es_host_name}:{self.es_port}"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def object_store_root(self) -> Path:
+        return Path(self.object_store_local_root_dir)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `env` (default: os.environ), validating choices and numbers."""
+    e: Mapping[str, str] = os.environ if env is None else env
+    chunk_size = _get_int(e, "CHUNK_SIZE", 200)
+    overlap = _get_int(e, "CHUNK_OVERLAP_SIZE", 20)
+    if chunk_size < 16:
+        raise ConfigError("CHUNK_SIZE must be at least 16 tokens")
+    if not 0 <= overlap < chunk_size:
+        raise ConfigError("CHUNK_OVERLAP_SIZE must be >= 0 and smaller than CHUNK_SIZE")
+    keys = tuple(k.strip() for k in _get(e, "APERAG_API_KEYS").split(",") if k.strip())
+    return Settings(
+        postgres_host=_get(e, "POSTGRES_HOST"),
+        postgres_port=_get_int(e, "POSTGRES_PORT", 5432),
+        postgres_db=_get(e, "POSTGRES_DB", "aperag") or "aperag",
+        postgres_user=_get(e, "POSTGRES_USER", "postgres") or "postgres",
+        postgres_password=_get(e, "POSTGRES_PASSWORD"),
+        redis_host=_get(e, "REDIS_HOST"),
+        redis_port=_get_int(e, "REDIS_PORT", 6379),
+        redis_user=_get(e, "REDIS_USER"),
+        redis_password=_get(e, "REDIS_PASSWORD"),
+        redis_db=_get_int(e, "REDIS_DB", 0),
+        vector_db_type=_get_choice(e, "VECTOR_DB_TYPE", "pgvector", ("pgvector", "qdrant")),
+        qdrant_url=_get(e, "QDRANT_URL"),
+        qdrant_api_key=_get(e, "QDRANT_API_KEY"),
+        qdrant_path=_get(e, "QDRANT_PATH", ":memory:") or ":memory:",
+        qdrant_collection=_get(e, "QDRANT_COLLECTION", "aperag_chunks") or "aperag_chunks",
+        fulltext_type=_get_choice(e, "FULLTEXT_TYPE", "postgres", ("postgres", "elasticsearch")),
+        es_host_name=_get(e, "ES_HOST_NAME", "127.0.0.1") or "127.0.0.1",
+        es_port=_get_int(e, "ES_PORT", 9200),
+        es_protocol=_get_choice(e, "ES_PROTOCOL", "http", ("http", "https")),
+        es_user=_get(e, "ES_USER"),
+        es_password=_get(e, "ES_PASSWORD"),
+        es_index=_get(e, "ES_INDEX", "aperag_chunks") or "aperag_chunks",
+        object_store_type=_get_choice(e, "OBJECT_STORE_TYPE", "local", ("local", "s3")),
+        object_store_local_root_dir=_get(e, "OBJECT_STORE_LOCAL_ROOT_DIR", "/data/objects")
+        or "/data/objects",
+        object_store_s3_endpoint=_get(e, "OBJECT_STORE_S3_ENDPOINT"),
+        object_store_s3_region=_get(e, "OBJECT_STORE_S3_REGION"),
+        object_store_s3_access_key=_get(e, "OBJECT_STORE_S3_ACCESS_KEY"),
+        object_store_s3_secret_key=_get(e, "OBJECT_STORE_S3_SECRET_KEY"),
+        object_store_s3_bucket=_get(e, "OBJECT_STORE_S3_BUCKET", "aperag") or "aperag",
+        object_store_s3_prefix_path=_get(e, "OBJECT_STORE_S3_PREFIX_PATH"),
+        object_store_s3_use_path_style=_get_bool(e, "OBJECT_STORE_S3_USE_PATH_STYLE", True),
+        embedding_backend=_get_choice(e, "EMBEDDING_BACKEND", "local", ("local", "openai")),
+        embedding_model=_get(e, "EMBEDDING_MODEL", "all-MiniLM-L6-v2") or "all-MiniLM-L6-v2",
+        embedding_api_base=_get(e, "EMBEDDING_API_BASE"),
+        embedding_api_key=_get(e, "EMBEDDING_API_KEY"),
+        embedding_dimension=_get_int(e, "EMBEDDING_DIMENSION", 384),
+        embedding_batch_size=_get_int(e, "EMBEDDING_BATCH_SIZE", 32),
+        chunk_size=chunk_size,
+        chunk_overlap_size=overlap,
+        index_batch_size=_get_int(e, "INDEX_BATCH_SIZE", 256),
+        max_upload_bytes=_get_int(e, "MAX_UPLOAD_BYTES", 20 * 1024 * 1024),
+        api_keys=keys,
+        api_host=_get(e, "APERAG_HOST", "0.0.0.0") or "0.0.0.0",
+        api_port=_get_int(e, "APERAG_PORT", 8000),
+        task_max_retries=_get_int(e, "TASK_MAX_RETRIES", 5),
+        task_retry_backoff_max=_get_int(e, "TASK_RETRY_BACKOFF_MAX", 300),
+        reconcile_interval_seconds=_get_int(e, "RECONCILE_INTERVAL_SECONDS", 60),
+        stuck_after_seconds=_get_int(e, "STUCK_AFTER_SECONDS", 900),
+        worker_metrics_port=_get_int(e, "WORKER_METRICS_PORT", 0),
+        embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
+    )

@@ -1,0 +1,66 @@
+"""Everything a request or a task needs, built once per process from settings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from aperag.config import Settings
+from aperag.db.session import session_factory
+from aperag.stores import (
+    FulltextStore,
+    ObjectStore,
+    VectorStore,
+    build_fulltext_store,
+    build_object_store,
+    build_vector_store,
+)
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from aperag.embedding import Embedder
+    from aperag.ingest.dispatch import Dispatcher
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    dispatcher: Dispatcher | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return session_factory(self.settings.database_url)
+
+    @cached_property
+    def vector_store(self) -> VectorStore:
+        return build_vector_store(self.settings)
+
+    @cached_property
+    def fulltext_store(self) -> FulltextStore:
+        return build_fulltext_store(self.settings)
+
+    @cached_property
+    def object_store(self) -> ObjectStore:
+        return build_object_store(self.settings)
+
+    @property
+    def embedder(self) -> Embedder:
+        from aperag.embedding import get_embedder
+
+        return get_embedder(self.settings)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        from aperag.chunking import load_tokenizer
+
+        return load_tokenizer()
+
+    def ensure_store_schemas(self) -> None:
+        self.vector_store.ensure_schema()
+        self.fulltext_store.ensure_schema()

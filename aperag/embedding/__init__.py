@@ -1,0 +1,47 @@
+"""Text embedders: the bundled all-MiniLM-L6-v2 (numpy, offline) or an OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from aperag.config import Settings
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    dimension: int
+
+    def embed(self, texts: list[str]) -> Vectors:
+        """Unit-normalised embeddings, one row per text."""
+        ...
+
+
+_cache: dict[tuple[str, str, str], Embedder] = {}
+_cache_lock = threading.Lock()
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """One embedder per process and configuration: loading the model is the expensive part."""
+    key = (settings.embedding_backend, settings.embedding_model, settings.embedding_api_base)
+    with _cache_lock:
+        if key not in _cache:
+            if settings.embedding_backend == "openai":
+                from aperag.embedding.openai_compat import OpenAICompatibleEmbedder
+
+                _cache[key] = OpenAICompatibleEmbedder(
+                    base_url=settings.embedding_api_base,
+                    api_key=settings.embedding_api_key,
+                    model=settings.embedding_model,
+                    dimension=settings.embedding_dimension,
+                    batch_size=settings.embedding_batch_size,
+                )
+            else:
+                from aperag.embedding.minilm import MiniLMEmbedder
+
+                _cache[key] = MiniLMEmbedder.from_bundled_package(batch_size=settings.embedding_batch_size)
+        return _cache[key]

@@ -1,0 +1,1 @@
+"""Ingestion: parse -> chunk -> embed -> index, run by Celery workers or in-process."""

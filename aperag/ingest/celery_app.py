@@ -1,0 +1,64 @@
+"""The Celery app used by `aperag worker` and `aperag beat`. Broker: Redis, queue `celery`."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from aperag.config import load_settings
+from aperag.context import AppContext
+
+log = logging.getLogger(__name__)
+
+_settings = load_settings()
+celery_app = Celery("aperag", broker=_settings.redis_url if _settings.redis_configured else "memory://")
+celery_app.conf.update(
+    task_default_queue="celery",
+    # acks_late + reject_on_worker_lost: a worker killed mid-task leaves the message for another.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "reconcile-stuck-documents": {
+            "task": "aperag.reconcile",
+            "schedule": float(_settings.reconcile_interval_seconds),
+        }
+    },
+)
+
+
+@lru_cache(maxsize=1)
+def worker_context() -> AppContext:
+    from aperag.ingest.dispatch import CeleryDispatcher
+
+    settings = load_settings()
+    return AppContext(settings=settings, dispatcher=CeleryDispatcher(settings.redis_url))
+
+
+@celery_app.task(
+    name="aperag.index_document", bind=True, acks_late=True, max_retries=_settings.task_max_retries
+)
+def index_document_task(self: Any, document_id: str) -> str:
+    from aperag.ingest.pipeline import TransientIngestionError, index_document
+
+    final = self.request.retries >= self.max_retries
+    try:
+        return index_document(worker_context(), document_id, final_attempt=final)
+    except TransientIngestionError as exc:
+        countdown = min(_settings.task_retry_backoff_max, 2 ** (self.request.retries + 1))
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@celery_app.task(name="aperag.reconcile")
+def reconcile_task() -> dict[str, int]:
+    from aperag.ingest.pipeline import reconcile
+
+    result = reconcile(worker_context())
+    log.info("reconcile: %s", result)
+    return result

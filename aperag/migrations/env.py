@@ -1,0 +1,32 @@
+"""Alembic environment. Always driven from aperag.migrate, which passes an open connection that
+already holds the migration advisory lock."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from aperag.db.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        context.configure(
+            connection=connection, target_metadata=target_metadata, transaction_per_migration=True
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    # Plain `alembic` CLI use (development only): no lock.
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    with engine.connect() as conn:
+        context.configure(connection=conn, target_metadata=target_metadata, transaction_per_migration=True)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+run_migrations()

@@ -1,0 +1,196 @@
+"""Collection and document operations shared by the API and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from aperag.context import AppContext
+from aperag.db.models import Collection, Document, DocumentStatus, new_id, utcnow
+from aperag.ingest.pipeline import remove_document_chunks
+from aperag.parsing import detect_content_type, extract_text
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+class InvalidInput(ValueError):
+    pass
+
+
+class TooLarge(ValueError):
+    pass
+
+
+def create_collection(ctx: AppContext, name: str, description: str = "") -> Collection:
+    if not _NAME.match(name):
+        raise InvalidInput("collection name must be 1-200 characters of letters, digits, '.', '_' or '-'")
+    collection = Collection(id=new_id(), name=name, description=description, created_at=utcnow())
+    try:
+        with ctx.sessions.begin() as session:
+            session.add(collection)
+    except IntegrityError as exc:
+        raise Conflict(f"collection {name!r} already exists") from exc
+    return collection
+
+
+def list_collections(ctx: AppContext) -> list[Collection]:
+    with ctx.sessions() as session:
+        return list(session.scalars(select(Collection).order_by(Collection.created_at)))
+
+
+def get_collection(ctx: AppContext, ref: str) -> Collection:
+    """By id or by name: the CLI takes names, the API returns ids; both work everywhere."""
+    with ctx.sessions() as session:
+        found = session.get(Collection, ref) or session.scalar(
+            select(Collection).where(Collection.name == ref)
+        )
+    if found is None:
+        raise NotFound(f"collection {ref!r} not found")
+    return found
+
+
+def delete_collection(ctx: AppContext, ref: str) -> None:
+    collection = get_collection(ctx, ref)
+    with ctx.sessions() as session:
+        keys = list(
+            session.scalars(select(Document.object_key).where(Document.collection_id == collection.id))
+        )
+    ctx.vector_store.delete_collection(collection.id)
+    ctx.fulltext_store.delete_collection(collection.id)
+    with ctx.sessions.begin() as session:
+        obj = session.get(Collection, collection.id)
+        if obj is not None:
+            session.delete(obj)
+    for key in keys:
+        ctx.object_store.delete(key)
+
+
+def document_counts(ctx: AppContext, collection_id: str) -> dict[str, int]:
+    with ctx.sessions() as session:
+        rows = session.execute(
+            select(Document.status, func.count())
+            .where(Document.collection_id == collection_id)
+            .group_by(Document.status)
+        ).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    document: Document
+    created: bool
+
+
+def upload_document(
+    ctx: AppContext, collection_ref: str, filename: str, declared_type: str | None, data: bytes
+) -> UploadResult:
+    collection = get_collection(ctx, collection_ref)
+    if len(data) > ctx.settings.max_upload_bytes:
+        raise TooLarge(
+            f"file is {len(data)} bytes; the limit is {ctx.settings.max_upload_bytes} (MAX_UPLOAD_BYTES)"
+        )
+    if not data:
+        raise InvalidInput("document is empty")
+    content_type = detect_content_type(filename, declared_type)
+    # Parse now so that an unreadable or text-less file is a 4xx at upload, not a failure later.
+    extract_text(data, content_type)
+    digest = hashlib.sha256(data).hexdigest()
+    with ctx.sessions() as session:
+        existing = session.scalar(
+            select(Document).where(Document.collection_id == collection.id, Document.content_hash == digest)
+        )
+    if existing is not None:
+        if existing.status == DocumentStatus.FAILED.value:
+            return UploadResult(reindex_document(ctx, existing.id), created=False)
+        return UploadResult(existing, created=False)
+    document_id = new_id()
+    object_key = f"{collection.id}/{document_id}/{digest}"
+    ctx.object_store.put(object_key, data)
+    doc = Document(
+        id=document_id,
+        collection_id=collection.id,
+        filename=filename[:500],
+        content_type=content_type,
+        content_hash=digest,
+        size_bytes=len(data),
+        object_key=object_key,
+        status=DocumentStatus.PENDING.value,
+        attempts=0,
+        chunk_count=0,
+        status_changed_at=utcnow(),
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+    try:
+        with ctx.sessions.begin() as session:
+            session.add(doc)
+    except IntegrityError:
+        # A concurrent upload of the same bytes won the race: use its document.
+        ctx.object_store.delete(object_key)
+        with ctx.sessions() as session:
+            winner = session.scalar(
+                select(Document).where(
+                    Document.collection_id == collection.id, Document.content_hash == digest
+                )
+            )
+        if winner is None:
+            raise
+        return UploadResult(winner, created=False)
+    if ctx.dispatcher is not None:
+        ctx.dispatcher.enqueue(document_id)
+    return UploadResult(doc, created=True)
+
+
+def list_documents(ctx: AppContext, collection_ref: str) -> list[Document]:
+    collection = get_collection(ctx, collection_ref)
+    with ctx.sessions() as session:
+        return list(
+            session.scalars(
+                select(Document).where(Document.collection_id == collection.id).order_by(Document.created_at)
+            )
+        )
+
+
+def get_document(ctx: AppContext, collection_ref: str, document_id: str) -> Document:
+    collection = get_collection(ctx, collection_ref)
+    with ctx.sessions() as session:
+        doc = session.get(Document, document_id)
+    if doc is None or doc.collection_id != collection.id:
+        raise NotFound(f"document {document_id!r} not found in collection {collection_ref!r}")
+    return doc
+
+
+def delete_document(ctx: AppContext, collection_ref: str, document_id: str) -> None:
+    doc = get_document(ctx, collection_ref, document_id)
+    remove_document_chunks(ctx, doc.id)
+    with ctx.sessions.begin() as session:
+        obj = session.get(Document, doc.id)
+        if obj is not None:
+            session.delete(obj)
+    ctx.object_store.delete(doc.object_key)
+
+
+def reindex_document(ctx: AppContext, document_id: str) -> Document:
+    with ctx.sessions.begin() as session:
+        doc = session.get(Document, document_id)
+        if doc is None:
+            raise NotFound(f"document {document_id!r} not found")
+        doc.status = DocumentStatus.PENDING.value
+        doc.error = None
+        doc.attempts = 0
+        doc.status_changed_at = utcnow()
+    if ctx.dispatcher is not None:
+        ctx.dispatcher.enqueue(document_id)
+    return doc

@@ -1,0 +1,131 @@
+"""Fixtures for the app suite: a real embedded PostgreSQL (pgvector) and a real redis-server, started
+once per session on free loopback ports and stopped at the end; the embedding model loaded once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aperag.config import Settings, load_settings
+from aperag.embedded_pg import EmbeddedPostgres, free_port, remove_server, temporary_server
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, message: str, interval: float = 0.1) -> None:
+    """Poll a condition until it holds or the deadline passes (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {message}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.app)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    server, base = temporary_server()
+    try:
+        yield server
+    finally:
+        remove_server(server, base)
+
+
+@pytest.fixture(scope="session")
+def redis_port() -> Iterator[int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server); see tests/app/SETUP.md")
+    workdir = tempfile.mkdtemp(prefix="aperag-redis-")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepting() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    try:
+        wait_until(accepting, 20, "redis-server to answer PING")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def app_env_factory(
+    postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., dict[str, str]]:
+    """A fresh database per caller, migrated to head, and the environment pointing at it."""
+
+    def make(migrate: bool = True, **extra: str) -> dict[str, str]:
+        from aperag import migrate as migrations
+
+        name = "t_" + uuid.uuid4().hex[:10]
+        postgres.create_database(name)
+        env = {
+            **postgres.env(name),
+            "OBJECT_STORE_TYPE": "local",
+            "OBJECT_STORE_LOCAL_ROOT_DIR": str(tmp_path_factory.mktemp("objects")),
+            "CHUNK_SIZE": "120",
+            "CHUNK_OVERLAP_SIZE": "16",
+            **extra,
+        }
+        if migrate:
+            settings = load_settings(env)
+            migrations.upgrade(settings.database_url)
+            from aperag.context import AppContext
+
+            AppContext(settings=settings).ensure_store_schemas()
+        return env
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def embedder_warm() -> None:
+    """Load the model once per session; every AppContext then shares the cached instance."""
+    from aperag.embedding import get_embedder
+
+    get_embedder(load_settings({}))
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    return load_settings(env)
