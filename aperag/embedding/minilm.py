@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ _A1, _A2, _A3, _A4, _A5, _P = (
     np.float32(c) for c in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429, 0.3275911)
 )
 _ONE = np.float32(1.0)
+# Padded tokens per forward pass (see MiniLMEmbedder._batches).
+MAX_BATCH_TOKENS = 1024
 
 
 def _erf(x: Array) -> Array:
@@ -53,7 +56,7 @@ def bundled_model_dir() -> Path:
 
 
 class MiniLMEmbedder:
-    def __init__(self, model_dir: Path, batch_size: int = 32) -> None:
+    def __init__(self, model_dir: Path, batch_size: int = 32, max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         from safetensors.numpy import load_file
 
         config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
@@ -65,6 +68,7 @@ class MiniLMEmbedder:
         self.eps = float(config["layer_norm_eps"])
         self.dimension = self.hidden
         self.batch_size = max(1, batch_size)
+        self.max_batch_tokens = max(self.max_tokens, max_batch_tokens)
         self.weights: dict[str, Array] = {
             k: v.astype(np.float32) for k, v in load_file(str(model_dir / "model.safetensors")).items()
         }
@@ -142,6 +146,24 @@ class MiniLMEmbedder:
         norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return (pooled / norms).astype(np.float32)
 
+    def _batches(self, order: list[int], lengths: list[int]) -> Iterator[list[int]]:
+        """At most batch_size texts and at most max_batch_tokens padded tokens per forward pass.
+
+        The token cap matters on CPU: the activations of a batch of 32 x 256 tokens (the GELU input
+        alone is 32 x 256 x 1536 floats, 50 MB) fall out of the caches, and the element-wise numpy
+        passes then run from memory; measured on 2 cores, batches of ~1000 tokens embed 1.3-1.6x
+        faster than 32 full-length texts. `order` is sorted by length, so the last text of a batch is
+        the longest and sets the padded size.
+        """
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) >= self.batch_size or (len(batch) + 1) * lengths[i] > self.max_batch_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
     def embed(self, texts: list[str]) -> Array:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -149,8 +171,7 @@ class MiniLMEmbedder:
         # Sort by length so each batch pads to similar lengths (less wasted compute).
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         result = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in self._batches(order, [len(e.ids) for e in encodings]):
             seq = max(len(encodings[i].ids) for i in idx)
             ids = np.zeros((len(idx), seq), dtype=np.int64)
             mask = np.zeros((len(idx), seq), dtype=np.float32)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Row, text
 from sqlalchemy.exc import OperationalError
 
 from aperag.db.session import get_engine
@@ -23,6 +24,16 @@ def or_query(query: str) -> str:
     """
     words = [w for w in _WORD.findall(query.lower()) if len(w) > 1]
     return " | ".join(dict.fromkeys(words))
+
+
+# A query term found in at least this many chunks of a collection is left out of the ranking
+# (see PgFulltextStore._selective_query).
+COMMON_TERM_CHUNKS = 2000
+
+
+def tsquery_lexeme(lexeme: str) -> str:
+    """A normalised lexeme as a tsquery operand (quoted: taken verbatim, not parsed again)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 class PgFulltextStore:
@@ -85,19 +96,63 @@ class PgFulltextStore:
             conn.execute(text("DELETE FROM fulltext_chunks WHERE collection_id = :c"), {"c": collection_id})
 
     def search(self, collection_id: str, query: str, top_k: int) -> list[Hit]:
-        source = or_query(query)
-        if not source:
+        if not or_query(query):
             return []
         with self._connect() as conn:
-            rows = conn.execute(
+            # The query's lexemes come from the same parser and dictionary as the indexed text, so they
+            # always line up (hyphenated words, identifiers with underscores, dotted names...).
+            lexemes = conn.execute(
+                text(f"SELECT tsvector_to_array(to_tsvector('{self.language}', :q))"), {"q": query}
+            ).scalar_one()
+            if not lexemes:
+                return []
+            source = self._selective_query(conn, collection_id, list(lexemes))
+            rows = self._rank(conn, collection_id, source, top_k) if source else []
+        return [Hit(chunk_id=r[0], score=float(r[1])) for r in rows]
+
+    def _selective_query(self, conn: Connection, collection_id: str, lexemes: list[str]) -> str:
+        """The OR tsquery of the query's lexemes, without those found in COMMON_TERM_CHUNKS or more
+        chunks of the collection.
+
+        ts_rank_cd has no IDF, so such a term adds little but noise to the ranking, and an OR query
+        containing it makes PostgreSQL rank every chunk that has it (a quarter of a 100k-chunk
+        collection for a word like "data"): that made full-text latency grow linearly with the
+        collection. Each count stops at the cap, so it costs at most COMMON_TERM_CHUNKS row visits.
+        If every matching term is that common, they are AND-ed instead (a small, precise match set).
+        Below the cap nothing is dropped, so small collections rank exactly as with a plain OR.
+        """
+        operands = [tsquery_lexeme(x) for x in lexemes]
+        if len(operands) == 1:
+            return operands[0]
+        rare: list[str] = []
+        common: list[str] = []
+        for operand in operands:
+            n = conn.execute(
                 text(
-                    f"SELECT chunk_id, ts_rank_cd(tsv, q) AS rank "
-                    f"FROM fulltext_chunks, to_tsquery('{self.language}', :q) AS q "
-                    f"WHERE collection_id = :c AND tsv @@ q ORDER BY rank DESC, chunk_id LIMIT :k"
+                    "SELECT count(*) FROM (SELECT 1 FROM fulltext_chunks "
+                    "WHERE collection_id = :c AND tsv @@ CAST(:t AS tsquery) LIMIT :cap) s"
+                ),
+                {"c": collection_id, "t": operand, "cap": COMMON_TERM_CHUNKS},
+            ).scalar_one()
+            if n >= COMMON_TERM_CHUNKS:
+                common.append(operand)
+            elif n > 0:
+                rare.append(operand)
+        if rare:
+            return " | ".join(rare)
+        return " & ".join(common)
+
+    def _rank(self, conn: Connection, collection_id: str, source: str, top_k: int) -> list[Row[Any]]:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT chunk_id, ts_rank_cd(tsv, q) AS rank "
+                    "FROM fulltext_chunks, CAST(:q AS tsquery) AS q "
+                    "WHERE collection_id = :c AND tsv @@ q ORDER BY rank DESC, chunk_id LIMIT :k"
                 ),
                 {"q": source, "c": collection_id, "k": top_k},
             ).all()
-        return [Hit(chunk_id=r[0], score=float(r[1])) for r in rows]
+        )
 
     def ping(self) -> None:
         with self._connect() as conn:

@@ -20,7 +20,8 @@ FullTextStoreType = Literal["postgresql", "elasticsearch"]
 
 # The API server's own quantity syntax (resource.Quantity), as KubeBlocks' CRD spells it.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=64)]
@@ -82,11 +83,18 @@ class ComputeResources(_Model):
         return out
 
 
-def _resources(cpu_request: str, memory: str, cpu_limit: str) -> ComputeResources:
-    # Memory request == limit: databases get evicted under memory pressure otherwise.
-    return ComputeResources(
+def _resources_field(cpu_request: str, memory: str, cpu_limit: str, what: str) -> Any:
+    # Memory request == limit: a database pod should not be the first one evicted under memory pressure.
+    value = ComputeResources(
         requests=ResourceQuantities(cpu=cpu_request, memory=memory),
         limits=ResourceQuantities(cpu=cpu_limit, memory=memory),
+    )
+    return Field(
+        default_factory=lambda: value.model_copy(deep=True),
+        description=f"CPU and memory of each {what} pod. Setting it replaces the whole default.",
+        # The CRD default carries the values themselves, not just "{}", so `kubectl get -o yaml` shows
+        # what the pods get.
+        json_schema_extra={"default": value.model_dump(by_alias=True, exclude_none=True)},
     )
 
 
@@ -180,20 +188,14 @@ class ManagedPostgreSQL(_ManagedBase):
         le=5,
         description="Number of PostgreSQL instances: one primary, the rest streaming replicas (Patroni).",
     )
-    resources: ComputeResources = Field(
-        default_factory=lambda: _resources("250m", "1Gi", "1"),
-        description="CPU and memory of each PostgreSQL pod.",
-    )
+    resources: ComputeResources = _resources_field("250m", "1Gi", "1", "PostgreSQL")
 
 
 class ManagedRedis(_ManagedBase):
     """A standalone Redis managed by KubeBlocks (ClusterDefinition redis, topology standalone)."""
 
     service_version: ServiceVersion = _service_version_field("7.2.4", "Redis")
-    resources: ComputeResources = Field(
-        default_factory=lambda: _resources("100m", "512Mi", "500m"),
-        description="CPU and memory of the Redis pod.",
-    )
+    resources: ComputeResources = _resources_field("100m", "512Mi", "500m", "Redis")
 
 
 class ManagedQdrant(_ManagedBase):
@@ -201,10 +203,7 @@ class ManagedQdrant(_ManagedBase):
 
     service_version: ServiceVersion = _service_version_field("1.10.0", "Qdrant")
     replicas: int = Field(default=1, ge=1, le=16, description="Number of Qdrant nodes.")
-    resources: ComputeResources = Field(
-        default_factory=lambda: _resources("250m", "1Gi", "1"),
-        description="CPU and memory of each Qdrant pod.",
-    )
+    resources: ComputeResources = _resources_field("250m", "1Gi", "1", "Qdrant")
 
 
 class ManagedElasticsearch(_ManagedBase):
@@ -228,10 +227,7 @@ class ManagedElasticsearch(_ManagedBase):
         description="Number of Elasticsearch nodes. 1 runs a single-node cluster; more run a multi-node "
         "cluster in which every node holds all roles. Cannot switch between the two in place.",
     )
-    resources: ComputeResources = Field(
-        default_factory=lambda: _resources("500m", "2Gi", "1"),
-        description="CPU and memory of each Elasticsearch pod.",
-    )
+    resources: ComputeResources = _resources_field("500m", "2Gi", "1", "Elasticsearch")
 
 
 # --- external --------------------------------------------------------------------------------------------
@@ -296,7 +292,9 @@ class ExternalQdrant(_Model):
     """A Qdrant server the operator does not manage."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(("has(self.url) != has(self.urlSecretRef)", "set exactly one of url or urlSecretRef"))
+        json_schema_extra=_cel(
+            ("has(self.url) != has(self.urlSecretRef)", "set exactly one of url or urlSecretRef")
+        )
     )
 
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = Field(
@@ -384,7 +382,9 @@ class ElasticsearchSpec(_Database):
 
     model_config = ConfigDict(json_schema_extra=_cel(_ONE_OF, _NO_SWITCH))
 
-    managed: ManagedElasticsearch | None = Field(default=None, description="Run Elasticsearch with KubeBlocks.")
+    managed: ManagedElasticsearch | None = Field(
+        default=None, description="Run Elasticsearch with KubeBlocks."
+    )
     external: ExternalElasticsearch | None = Field(default=None, description="Use an existing Elasticsearch.")
 
 
@@ -454,7 +454,7 @@ class FullTextStoreSpec(_Model):
 
     @property
     def effective_elasticsearch(self) -> ElasticsearchSpec | None:
-        """The Elasticsearch in use (a managed one with defaults when type is elasticsearch and nothing is set)."""
+        """The Elasticsearch in use (when type is elasticsearch and none is set: a managed one)."""
         if self.type != "elasticsearch":
             return None
         return self.elasticsearch or ElasticsearchSpec(managed=ManagedElasticsearch())
@@ -503,3 +503,28 @@ class DatabasesSpec(_Model):
 def is_quantity(value: str) -> bool:
     """True when ``value`` is in Kubernetes quantity syntax."""
     return bool(_QUANTITY_RE.match(value))
+
+
+# --- status ----------------------------------------------------------------------------------------------
+
+
+class DatabaseStatus(_Model):
+    """The observed state of one database (never any credential)."""
+
+    name: Literal["postgresql", "redis", "qdrant", "elasticsearch"] = Field(description="Which database.")
+    mode: Literal["Managed", "External"] = Field(description="Managed by KubeBlocks, or external.")
+    ready: bool = Field(default=False, description="Whether the app may use it.")
+    phase: str = Field(
+        default="",
+        description="Managed: the KubeBlocks Cluster's phase (Creating, Running, Updating, Abnormal, "
+        "Failed, ...), or Missing. External: Configured, or SecretMissing.",
+    )
+    reason: str = Field(default="", description="Why it is (not) ready, as a CamelCase reason.")
+    message: str = Field(default="", description="Details, for example the Cluster's own message.")
+    cluster: str | None = Field(default=None, description="Name of the KubeBlocks Cluster (managed only).")
+    deletion_policy: DeletionPolicy | None = Field(
+        default=None, description="Effective deletion policy (managed only)."
+    )
+    endpoint: str | None = Field(
+        default=None, description="host:port the app connects to; unset when the URL comes from a Secret."
+    )

@@ -1,0 +1,81 @@
+"""NetworkPolicies (when ``spec.networkPolicy.enabled``).
+
+* ``<name>-app``: the instance's pods accept traffic only from pods of the same instance;
+* ``<name>-web``: api and frontend additionally accept traffic from the ingress controller's namespace.
+
+Egress is not restricted: external databases and LLM endpoints live anywhere.
+"""
+
+from __future__ import annotations
+
+from aperag_operator.builders.common import (
+    API_PORT,
+    FRONTEND_PORT,
+    Instance,
+    Obj,
+    child_name,
+    finalize,
+    metadata,
+    selector_labels,
+)
+
+
+def wanted(inst: Instance) -> bool:
+    return inst.spec.network_policy.enabled
+
+
+def build_app(inst: Instance) -> Obj:
+    return finalize(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(inst, child_name(inst, "app"), "network-policy"),
+            "spec": {
+                "podSelector": {"matchLabels": selector_labels(inst)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": selector_labels(inst)}}]}],
+            },
+        }
+    )
+
+
+def build_web(inst: Instance) -> Obj:
+    return finalize(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(inst, child_name(inst, "web"), "network-policy"),
+            "spec": {
+                "podSelector": {
+                    "matchLabels": selector_labels(inst),
+                    "matchExpressions": [
+                        {
+                            "key": "app.kubernetes.io/component",
+                            "operator": "In",
+                            "values": ["api", "frontend"],
+                        }
+                    ],
+                },
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": dict(inst.spec.network_policy.ingress_namespace_labels)
+                                }
+                            }
+                        ],
+                        "ports": [
+                            {"protocol": "TCP", "port": API_PORT},
+                            {"protocol": "TCP", "port": FRONTEND_PORT},
+                        ],
+                    }
+                ],
+            },
+        }
+    )
+
+
+def build(inst: Instance) -> list[Obj]:
+    return [build_app(inst), build_web(inst)]

@@ -1,0 +1,611 @@
+"""The ApeRAG custom resource's spec, as a pydantic model.
+
+This module is the single source of truth for the CRD schema: ``python -m aperag_operator.crdgen``
+renders ``crds/aperag.io_aperags.yaml`` from it. Conventions (see docs/design.md):
+
+* Python names are snake_case, the API (aliases) camelCase.
+* Every field has a ``description`` (it becomes ``kubectl explain`` text).
+* CEL rules and any other ``x-kubernetes-*`` keys are passed through from ``json_schema_extra``
+  on the model's ``model_config`` or on a ``Field``.
+* Optional fields default to ``None`` and are simply not required in the CRD (never ``nullable``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+from aperag_operator.spec.databases import DatabasesSpec
+
+API_GROUP = "aperag.io"
+API_VERSION = "v1alpha1"
+KIND = "ApeRAG"
+PLURAL = "aperags"
+SINGULAR = "aperag"
+SHORT_NAMES = ["apr"]
+
+#: A Kubernetes resource quantity ("500m", "1Gi", 2). Rendered as int-or-string with a pattern so the
+#: API server rejects unparsable quantities and names the field.
+_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+QUANTITY_PATTERN = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
+Quantity = Annotated[
+    str | int,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+def _cfg(**extra: Any) -> ConfigDict:
+    cfg = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    if extra:
+        cfg["json_schema_extra"] = extra
+    return cfg
+
+
+def _cel(rule: str, message: str, **more: str) -> JsonDict:
+    return {"rule": rule, "message": message, **more}
+
+
+class Spec(BaseModel):
+    """Base class of every spec model: camelCase aliases, unknown fields are an error."""
+
+    model_config = _cfg()
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+
+class ImageSpec(Spec):
+    """Where the container images come from."""
+
+    repository: str = Field(
+        default="ghcr.io/apecloud/aperag",
+        min_length=1,
+        description="Image repository of the ApeRAG app (api, worker, beat, flower). "
+        "The tag is spec.version unless spec.image.tag is set.",
+    )
+    frontend_repository: str = Field(
+        default="ghcr.io/apecloud/aperag-frontend",
+        min_length=1,
+        description="Image repository of the web frontend; the tag is the same as the app's.",
+    )
+    tag: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Overrides the image tag (defaults to spec.version). Use it for a patched build of "
+        "the same version.",
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="imagePullPolicy of every container."
+    )
+    pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of docker-registry Secrets in the namespace used to pull the images.",
+    )
+
+
+# --- scheduling and resources ------------------------------------------------------------------------
+
+
+class ResourceList(Spec):
+    """An amount of compute resources."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU, as a Kubernetes quantity (e.g. 500m, 2).")
+    memory: Quantity | None = Field(
+        default=None, description="Memory, as a Kubernetes quantity (e.g. 512Mi, 2Gi)."
+    )
+    ephemeral_storage: Quantity | None = Field(
+        default=None,
+        alias="ephemeral-storage",
+        description="Local ephemeral storage, as a Kubernetes quantity.",
+    )
+
+
+class ResourceRequirements(Spec):
+    """Compute resources of a component's main container. Omitted parts get the component's defaults
+    (see docs/api.md)."""
+
+    requests: ResourceList | None = Field(
+        default=None, description="Minimum resources the container is scheduled with."
+    )
+    limits: ResourceList | None = Field(default=None, description="Maximum resources the container may use.")
+
+
+class Toleration(Spec):
+    """A Kubernetes toleration (same fields as core/v1 Toleration)."""
+
+    key: str | None = Field(
+        default=None, description="Taint key the toleration applies to; empty matches all keys."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (default Equal)."
+    )
+    value: str | None = Field(
+        default=None, description="Taint value the toleration matches (operator Equal)."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class WorkloadSpec(Spec):
+    """Settings shared by every component Deployment."""
+
+    replicas: int = Field(default=1, ge=0, le=1000, description="Number of pods.")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Full image reference for this component only (overrides spec.image and spec.version).",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="Requests and limits of the main container; defaults per component (docs/api.md).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pods must be scheduled on."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the pods.")
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="A core/v1 Affinity for the pods. When omitted the operator adds a preferred (never "
+        "required) anti-affinity spreading the pods over nodes.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra annotations on the pods (not on the Deployment)."
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels on the pods. app.kubernetes.io/* keys are reserved for the operator.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.all(k, !k.startsWith('app.kubernetes.io/'))",
+                    "app.kubernetes.io/* labels are set by the operator",
+                )
+            ]
+        },
+    )
+
+
+class ApiSpec(WorkloadSpec):
+    """The HTTP API (``aperag serve``)."""
+
+    replicas: int = Field(default=2, ge=0, le=1000, description="Number of API pods.")
+
+
+class WorkerSpec(WorkloadSpec):
+    """The ingestion workers (``aperag worker``, Celery)."""
+
+    replicas: int = Field(default=2, ge=0, le=1000, description="Number of worker pods.")
+    concurrency: int = Field(default=2, ge=1, le=64, description="Celery worker processes per pod.")
+
+
+class BeatSpec(WorkloadSpec):
+    """The periodic task scheduler (``aperag beat``): one replica, never more, rolled out with Recreate."""
+
+    model_config = _cfg(
+        **{
+            "x-kubernetes-validations": [
+                _cel("self.replicas == 1", "beat runs exactly one replica", fieldPath=".replicas")
+            ]
+        }
+    )
+    enabled: bool = Field(default=True, description="Run the beat scheduler.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Must be 1: two schedulers would run every task twice."
+    )
+
+
+class FrontendSpec(WorkloadSpec):
+    """The web UI."""
+
+    enabled: bool = Field(default=True, description="Run the web frontend.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Number of frontend pods.")
+
+
+class FlowerSpec(WorkloadSpec):
+    """Flower, the Celery monitoring UI (optional)."""
+
+    enabled: bool = Field(default=False, description="Run Flower.")
+    replicas: int = Field(default=1, ge=0, le=1, description="Number of Flower pods (0 or 1).")
+
+
+class ComponentsSpec(Spec):
+    """The app's components; each becomes a Deployment named <name>-<component>."""
+
+    api: ApiSpec = Field(default_factory=ApiSpec, description="The HTTP API.")
+    worker: WorkerSpec = Field(default_factory=WorkerSpec, description="The ingestion workers.")
+    beat: BeatSpec = Field(
+        default_factory=BeatSpec, description="The periodic scheduler (exactly one replica)."
+    )
+    frontend: FrontendSpec = Field(default_factory=FrontendSpec, description="The web frontend.")
+    flower: FlowerSpec = Field(
+        default_factory=FlowerSpec, description="Flower (Celery monitoring), off by default."
+    )
+
+
+# --- app configuration -------------------------------------------------------------------------------
+
+
+class KeySelector(Spec):
+    """A key of a Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(..., pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Name of the object.")
+    key: str = Field(..., min_length=1, description="Key inside the object's data.")
+    optional: bool = Field(default=False, description="Do not fail when the object or key is missing.")
+
+
+class EnvVarSource(Spec):
+    """Where an environment variable's value comes from (exactly one source)."""
+
+    model_config = _cfg(
+        **{
+            "x-kubernetes-validations": [
+                _cel(
+                    "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                    "exactly one of secretKeyRef or configMapKeyRef must be set",
+                )
+            ]
+        }
+    )
+    secret_key_ref: KeySelector | None = Field(
+        default=None, description="A key of a Secret (use this for API keys)."
+    )
+    config_map_key_ref: KeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+
+
+class EnvVar(Spec):
+    """An environment variable of the app containers (api, worker, beat, flower)."""
+
+    model_config = _cfg(
+        **{
+            "x-kubernetes-validations": [
+                _cel(
+                    "!(has(self.value) && has(self.valueFrom))", "value and valueFrom are mutually exclusive"
+                )
+            ]
+        }
+    )
+    name: str = Field(..., pattern=ENV_NAME_PATTERN, description="Variable name.")
+    value: str | None = Field(
+        default=None, description="Literal value (do not put secrets here; use valueFrom)."
+    )
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Take the value from a Secret or ConfigMap key."
+    )
+
+
+class ObjectRef(Spec):
+    """A Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(..., pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Name of the object.")
+    optional: bool = Field(default=False, description="Do not fail when the object is missing.")
+
+
+class EnvFromSource(Spec):
+    """All keys of a Secret or ConfigMap as environment variables (exactly one source)."""
+
+    model_config = _cfg(
+        **{
+            "x-kubernetes-validations": [
+                _cel(
+                    "has(self.secretRef) != has(self.configMapRef)",
+                    "exactly one of secretRef or configMapRef must be set",
+                )
+            ]
+        }
+    )
+    prefix: str | None = Field(default=None, description="Prefix added to every variable name.")
+    secret_ref: ObjectRef | None = Field(default=None, description="A Secret whose keys become variables.")
+    config_map_ref: ObjectRef | None = Field(
+        default=None, description="A ConfigMap whose keys become variables."
+    )
+
+
+class ApiKeysSecret(Spec):
+    """The Secret key holding the API's Bearer keys (comma-separated)."""
+
+    name: str = Field(..., pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Secret name.")
+    key: str = Field(default="apiKeys", min_length=1, description="Key in the Secret.")
+
+
+class AppSpec(Spec):
+    """Configuration of the app processes."""
+
+    api_keys_secret: ApiKeysSecret | None = Field(
+        default=None,
+        description="Secret with the API's Bearer keys (APERAG_API_KEYS). Without it the API accepts "
+        "requests without a key: set it for anything but a demo.",
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the app."
+    )
+    config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Non-secret settings (environment variable name to value), stored in the <name>-config "
+        "ConfigMap and loaded by every app container. Changing them rolls the pods.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.all(k, k.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))",
+                    "config keys must be valid environment variable names",
+                )
+            ]
+        },
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra environment variables, e.g. LLM and embedding API keys from Secrets. They win "
+        "over config and over what the operator sets.",
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, description="Secrets or ConfigMaps whose keys all become environment variables."
+    )
+
+
+# --- object storage ----------------------------------------------------------------------------------
+
+
+class LocalObjectStorage(Spec):
+    """A PersistentVolumeClaim shared by the api and worker pods (ReadWriteMany)."""
+
+    size: Quantity = Field(default="10Gi", description="Requested size of the shared volume.")
+    storage_class_name: str | None = Field(
+        default=None,
+        description="StorageClass of the claim (must support ReadWriteMany); cluster default if omitted.",
+    )
+    mount_path: str = Field(
+        default="/data/objects",
+        pattern=r"^/.*",
+        description="Where the volume is mounted in api and worker pods.",
+    )
+
+
+class S3Credentials(Spec):
+    """The Secret holding the S3 access key."""
+
+    name: str = Field(..., pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Secret name.")
+    access_key_id_key: str = Field(
+        default="accessKeyId", min_length=1, description="Key holding the access key id."
+    )
+    secret_access_key_key: str = Field(
+        default="secretAccessKey", min_length=1, description="Key holding the secret access key."
+    )
+
+
+class S3ObjectStorage(Spec):
+    """An S3-compatible bucket."""
+
+    endpoint: str | None = Field(default=None, description="Endpoint URL (omit for AWS S3).")
+    bucket: str = Field(..., min_length=3, max_length=63, description="Bucket name.")
+    region: str | None = Field(default=None, description="Region of the bucket.")
+    prefix: str | None = Field(default=None, description="Key prefix for all objects.")
+    use_path_style: bool = Field(default=False, description="Use path-style addressing (MinIO and friends).")
+    credentials_secret: S3Credentials = Field(..., description="Secret with the access key.")
+
+
+class ObjectStorageSpec(Spec):
+    """Where uploaded documents are stored."""
+
+    model_config = _cfg(
+        **{
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.type != 's3' || has(self.s3)",
+                    "s3 settings are required when type is s3",
+                    fieldPath=".s3",
+                ),
+                _cel(
+                    "self.type == 's3' || !has(self.s3)",
+                    "s3 settings are only allowed when type is s3",
+                    fieldPath=".s3",
+                ),
+            ]
+        }
+    )
+    type: Literal["local", "s3"] = Field(
+        default="local", description="local (a shared ReadWriteMany volume) or s3."
+    )
+    local: LocalObjectStorage = Field(
+        default_factory=LocalObjectStorage, description="Settings of the shared volume (type local)."
+    )
+    s3: S3ObjectStorage | None = Field(default=None, description="Settings of the bucket (type s3).")
+
+
+# --- networking --------------------------------------------------------------------------------------
+
+
+class IngressSpec(Spec):
+    """An Ingress in front of the frontend (/) and the API (/api)."""
+
+    model_config = _cfg(
+        **{
+            "x-kubernetes-validations": [
+                _cel(
+                    "!self.enabled || has(self.host)",
+                    "host is required when ingress is enabled",
+                    fieldPath=".host",
+                ),
+            ]
+        }
+    )
+    enabled: bool = Field(default=False, description="Create the Ingress.")
+    host: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, description="Host name served.")
+    class_name: str | None = Field(
+        default=None, description="IngressClass name; the cluster default if omitted."
+    )
+    tls_secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Secret with the TLS certificate for the host.",
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the Ingress.")
+
+
+class NetworkPolicySpec(Spec):
+    """NetworkPolicies restricting traffic to the app's pods."""
+
+    enabled: bool = Field(default=False, description="Create the NetworkPolicies.")
+    ingress_namespace_labels: dict[str, str] = Field(
+        default_factory=lambda: {"kubernetes.io/metadata.name": "ingress-nginx"},
+        description="Labels of the namespace(s) of the ingress controller, allowed to reach api and "
+        "frontend.",
+    )
+
+
+class PodDisruptionBudgetSpec(Spec):
+    """PodDisruptionBudgets for api and worker."""
+
+    enabled: bool = Field(default=True, description="Create PodDisruptionBudgets for api and worker.")
+    max_unavailable: int = Field(
+        default=1, ge=1, description="Pods of a component that may be evicted at once."
+    )
+
+
+# --- placeholders filled by later issues -------------------------------------------------------------
+
+
+class UpgradeSpec(Spec):
+    """How version changes are rolled out (reserved: filled in by the upgrade issue)."""
+
+    run_migrations: bool = Field(
+        default=True, description="Run database migrations as a Job before rolling out."
+    )
+
+
+class HorizontalScaling(Spec):
+    """Autoscaling bounds of one component (reserved: filled in by the autoscaling issue)."""
+
+    model_config = _cfg(
+        **{
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "minReplicas must be <= maxReplicas",
+                    fieldPath=".minReplicas",
+                )
+            ]
+        }
+    )
+    enabled: bool = Field(default=False, description="Scale automatically.")
+    min_replicas: int = Field(default=1, ge=1, description="Lower bound of replicas.")
+    max_replicas: int = Field(default=5, ge=1, description="Upper bound of replicas.")
+
+
+class AutoscalingSpec(Spec):
+    """Autoscaling of api and worker (reserved)."""
+
+    api: HorizontalScaling = Field(default_factory=HorizontalScaling, description="Autoscaling of the API.")
+    worker: HorizontalScaling = Field(
+        default_factory=HorizontalScaling, description="Autoscaling of workers."
+    )
+
+
+class ObservabilitySpec(Spec):
+    """Metrics and tracing (reserved: filled in by the observability issue)."""
+
+    metrics: bool = Field(default=True, description="Expose Prometheus metrics on the API's /metrics.")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP endpoint for traces (OTEL_EXPORTER_OTLP_ENDPOINT)."
+    )
+
+
+# --- the resource ------------------------------------------------------------------------------------
+
+
+class ApeRAGSpec(Spec):
+    """Desired state of an ApeRAG deployment."""
+
+    version: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        description="ApeRAG version: the image tag of the app and frontend images.",
+    )
+    image: ImageSpec = Field(default_factory=ImageSpec, description="Image repositories and pull settings.")
+    components: ComponentsSpec = Field(
+        default_factory=ComponentsSpec, description="Replicas, resources and scheduling of each component."
+    )
+    app: AppSpec = Field(default_factory=AppSpec, description="Configuration of the app processes.")
+    object_storage: ObjectStorageSpec = Field(
+        default_factory=ObjectStorageSpec, description="Where uploaded documents are stored."
+    )
+    databases: DatabasesSpec = Field(
+        default_factory=DatabasesSpec,
+        description="PostgreSQL, Redis, vector and full-text stores: managed by KubeBlocks or external.",
+    )
+    ingress: IngressSpec = Field(
+        default_factory=IngressSpec, description="Ingress for the frontend and the API."
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="NetworkPolicies for the app's pods."
+    )
+    pod_disruption_budget: PodDisruptionBudgetSpec = Field(
+        default_factory=PodDisruptionBudgetSpec, description="PodDisruptionBudgets for api and worker."
+    )
+    upgrade: UpgradeSpec = Field(default_factory=UpgradeSpec, description="Upgrade behaviour (reserved).")
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="Autoscaling (reserved)."
+    )
+    observability: ObservabilitySpec = Field(
+        default_factory=ObservabilitySpec, description="Metrics and tracing (reserved)."
+    )
+
+
+# --- status (documented in the CRD, written by the operator) -----------------------------------------
+
+
+class Condition(Spec):
+    """A condition in the Kubernetes API convention."""
+
+    type: str = Field(..., description="Ready, Progressing, Degraded or Paused (more may be added).")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., description="CamelCase machine-readable reason of the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(..., description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the condition is based on."
+    )
+
+
+class ComponentStatus(Spec):
+    """Replica counts of one component's Deployment."""
+
+    desired: int = Field(default=0, description="Replicas asked for.")
+    ready: int = Field(default=0, description="Ready pods.")
+    updated: int = Field(default=0, description="Pods of the current pod template.")
+    available: int = Field(default=0, description="Pods available for minReadySeconds.")
+    ready_state: bool = Field(
+        default=False, alias="isReady", description="All desired pods are updated and ready."
+    )
+
+
+class ApeRAGStatus(Spec):
+    """Observed state, written by the operator."""
+
+    model_config = _cfg(**{"x-kubernetes-preserve-unknown-fields": True})
+    observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
+    phase: str | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Paused.")
+    version: str | None = Field(default=None, description="Version of the pods that are running.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded, Paused."
+    )
+    components: dict[str, ComponentStatus] = Field(
+        default_factory=dict, description="Per-component replica counts, keyed by component name."
+    )
+
+
+def parse_spec(spec: dict[str, Any]) -> ApeRAGSpec:
+    """Validate a spec as read from the API server (defaults already applied by the CRD)."""
+    return ApeRAGSpec.model_validate(spec)

@@ -1,0 +1,164 @@
+"""Fixtures for the operator's end-to-end tests: the ApeRAG CRD and the operator as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.cluster import Cluster
+from tests.harness.wait import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "aperag.io_aperags.yaml"
+
+
+@pytest.fixture(scope="session")
+def aperag_crd(cluster: Cluster) -> str:
+    """The ApeRAG CRD, server-side applied and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=aperag-tests", "-f", str(CRD_FILE))
+    deadline = time.monotonic() + 60
+
+    def established() -> bool:
+        crd = json.loads(cluster.kubectl("get", "crd/aperags.aperag.io", "-o", "json").stdout)
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    # not `kubectl wait`: right after creation the CRD may have no conditions yet, which it treats as an error
+    while not established():
+        if time.monotonic() > deadline:
+            raise TimeoutError("CRD aperags.aperag.io not Established")
+        time.sleep(0.2)
+    return "aperags.aperag.io"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class OperatorProcess:
+    """The operator running as ``python -m aperag_operator run`` with the operator's credentials."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    liveness_url: str
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.liveness_url, timeout=2) as resp:
+                result: dict[str, Any] = json.loads(resp.read() or b"{}")
+                return result
+        except OSError:
+            return None
+
+    def reconciles(self, namespace: str, name: str) -> int:
+        """How many reconciles of namespace/name have finished (from the operator's debug log)."""
+        return len(re.findall(rf"reconciled {re.escape(namespace)}/{re.escape(name)}:", self.logs()))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def start_operator(
+    cluster: Cluster, log_path: Path, *scope: str, resync: float = 2.0, extra: tuple[str, ...] = ()
+) -> OperatorProcess:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/healthz"
+    env = {**cluster.env, "KUBECONFIG": str(cluster.operator_kubeconfig), "PYTHONUNBUFFERED": "1"}
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aperag_operator",
+            "run",
+            *scope,
+            "--liveness",
+            url,
+            "--resync-interval",
+            str(resync),
+            "--log-level",
+            "debug",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
+    return OperatorProcess(proc, log_path, url)
+
+
+@pytest.fixture
+async def operator(
+    cluster: Cluster, namespace: str, aperag_crd: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[OperatorProcess]:
+    """The operator watching only the test's namespace; its log is printed when the test fails."""
+    op = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace)
+
+    def healthy() -> bool:
+        if op.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {op.proc.returncode}:\n{op.logs()[-5000:]}")
+        return op.health() is not None
+
+    try:
+        await wait_until(healthy, timeout=60, what="operator liveness endpoint")
+        yield op
+    finally:
+        op.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:
+            sys.stderr.write(f"\n--- operator log ({op.log_path}) ---\n{op.logs()[-20000:]}\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
+
+
+def apply_yaml(cluster: Cluster, manifest: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``kubectl apply --server-side`` of a manifest as the admin (strict field validation)."""
+    return cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=aperag-tests",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input=manifest,
+        check=check,
+    )
+
+
+def kget(cluster: Cluster, namespace: str, *what: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "-n", namespace, *what, "-o", "json", check=False)
+    if result.returncode != 0:
+        return None
+    obj: dict[str, Any] = json.loads(result.stdout)
+    return obj

@@ -1,0 +1,116 @@
+"""Invalid ApeRAGs are rejected by the API server with a message naming the field (no operator needed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import apply_yaml
+from tests.harness.cluster import Cluster
+
+pytestmark = [pytest.mark.cluster]
+
+
+def body(name: str, namespace: str, spec: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "aperag.io/v1alpha1",
+            "kind": "ApeRAG",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
+
+
+V = {"version": "0.5.0"}
+
+# (case id, spec, text the error must contain: the field's path and/or the rule's message)
+INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("missing-version", {}, ["spec.version", "Required"]),
+    (
+        "wrong-type",
+        {**V, "components": {"api": {"replicas": "two"}}},
+        ["spec.components.api.replicas", "expected numeric"],
+    ),
+    (
+        "negative-replicas",
+        {**V, "components": {"worker": {"replicas": -1}}},
+        ["spec.components.worker.replicas", "greater than or equal to 0"],
+    ),
+    (
+        "beat-two-replicas",
+        {**V, "components": {"beat": {"replicas": 2}}},
+        ["spec.components.beat.replicas", "beat runs exactly one replica"],
+    ),
+    (
+        "min-greater-than-max",
+        {**V, "autoscaling": {"api": {"minReplicas": 5, "maxReplicas": 2}}},
+        ["spec.autoscaling.api.minReplicas", "minReplicas must be <= maxReplicas"],
+    ),
+    (
+        "unknown-component",
+        {**V, "components": {"scheduler": {"replicas": 1}}},
+        ["spec.components.scheduler", "field not declared in schema"],
+    ),
+    (
+        "unparsable-quantity",
+        {**V, "components": {"api": {"resources": {"requests": {"cpu": "lots"}}}}},
+        ["spec.components.api.resources.requests.cpu", "should match"],
+    ),
+    (
+        "s3-without-settings",
+        {**V, "objectStorage": {"type": "s3"}},
+        ["spec.objectStorage.s3", "s3 settings are required when type is s3"],
+    ),
+    ("bad-enum", {**V, "objectStorage": {"type": "nfs"}}, ["spec.objectStorage.type", "Unsupported value"]),
+    (
+        "ingress-without-host",
+        {**V, "ingress": {"enabled": True}},
+        ["spec.ingress.host", "host is required when ingress is enabled"],
+    ),
+    (
+        "env-value-and-valuefrom",
+        {
+            **V,
+            "app": {
+                "env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+            },
+        },
+        ["spec.app.env[0]", "value and valueFrom are mutually exclusive"],
+    ),
+    (
+        "reserved-pod-label",
+        {**V, "components": {"api": {"podLabels": {"app.kubernetes.io/name": "x"}}}},
+        ["spec.components.api.podLabels", "app.kubernetes.io/* labels are set by the operator"],
+    ),
+    ("bad-version", {"version": "v1 beta"}, ["spec.version", "should match"]),
+]
+
+
+@pytest.mark.parametrize("case,spec,expected", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_resource_is_rejected(
+    cluster: Cluster, aperag_crd: str, namespace: str, case: str, spec: dict[str, Any], expected: list[str]
+) -> None:
+    result = apply_yaml(cluster, body(f"bad-{case}", namespace, spec), check=False)
+    assert result.returncode != 0, f"{case} was accepted"
+    for text in expected:
+        assert text in result.stderr, f"{case}: {text!r} not in {result.stderr!r}"
+
+
+def test_too_long_name_is_rejected(cluster: Cluster, aperag_crd: str, namespace: str) -> None:
+    result = apply_yaml(cluster, body("x" * 46, namespace, V), check=False)
+    assert result.returncode != 0 and "metadata.name must be at most 45 characters" in result.stderr
+
+
+def test_valid_minimal_resource_gets_defaults(cluster: Cluster, aperag_crd: str, namespace: str) -> None:
+    apply_yaml(cluster, body("ok", namespace, V))
+    obj = json.loads(cluster.kubectl("get", "-n", namespace, "aperag/ok", "-o", "json").stdout)
+    spec = obj["spec"]
+    assert spec["components"]["api"]["replicas"] == 2
+    assert spec["components"]["beat"]["replicas"] == 1
+    assert spec["objectStorage"]["type"] == "local"
+    assert spec["objectStorage"]["local"]["size"] == "10Gi"
+    explain = cluster.kubectl("explain", "aperag.spec.components.beat.replicas").stdout
+    assert "two schedulers would run every task twice" in explain

@@ -1,0 +1,80 @@
+"""The operator process: cluster-wide and multi-namespace watching, liveness, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import OperatorProcess, apply_yaml, kget, start_operator
+from tests.harness.cluster import Cluster
+from tests.harness.wait import wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.operator]
+
+
+def resource(name: str, namespace: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "aperag.io/v1alpha1",
+            "kind": "ApeRAG",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"version": "0.5.0", "components": {"frontend": {"enabled": False}}},
+        }
+    )
+
+
+def ready(cluster: Cluster, namespace: str, name: str) -> bool:
+    obj = kget(cluster, namespace, "aperag", name) or {}
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (obj.get("status") or {}).get("conditions", []))
+
+
+@pytest.fixture
+def second_namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"second-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+async def _run(cluster: Cluster, op: OperatorProcess, namespaces: list[str]) -> None:
+    try:
+        await wait_until(lambda: op.health() is not None, timeout=60, what="liveness endpoint")
+        for ns in namespaces:
+            apply_yaml(cluster, resource("rag", ns))
+        for ns in namespaces:
+            await wait_until(lambda ns=ns: ready(cluster, ns, "rag"), timeout=60, what=f"{ns}/rag Ready")
+        # structured logs: every line the operator wrote is a JSON object with a message and a severity
+        lines = [line for line in op.logs().splitlines() if line.strip()]
+        assert lines
+        for line in lines:
+            record = json.loads(line)
+            assert "message" in record and "severity" in record
+    finally:
+        op.stop()
+
+
+async def test_cluster_wide(
+    cluster: Cluster, aperag_crd: str, namespace: str, second_namespace: str, tmp_path: Path
+) -> None:
+    op = start_operator(cluster, tmp_path / "operator.log", "--all-namespaces")
+    await _run(cluster, op, [namespace, second_namespace])
+
+
+async def test_several_namespaces_and_nothing_outside(
+    cluster: Cluster, aperag_crd: str, namespace: str, second_namespace: str, tmp_path: Path
+) -> None:
+    op = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace)
+    try:
+        await wait_until(lambda: op.health() is not None, timeout=60, what="liveness endpoint")
+        apply_yaml(cluster, resource("rag", namespace))
+        apply_yaml(cluster, resource("outside", second_namespace))
+        await wait_until(lambda: ready(cluster, namespace, "rag"), timeout=60, what="rag Ready")
+        # the resource outside the watched namespace is untouched: no status, no children
+        assert (kget(cluster, second_namespace, "aperag", "outside") or {}).get("status") in (None, {})
+        assert kget(cluster, second_namespace, "deployment", "outside-api") is None
+    finally:
+        op.stop()

@@ -1,0 +1,181 @@
+"""Builders: pure functions from spec to plain-dict objects (golden files plus targeted checks)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aperag_operator.builders import deployment, ingress, network_policy, pvc
+from aperag_operator.builders.children import desired_children, key
+from aperag_operator.builders.common import SPEC_HASH_ANNOTATION
+
+from .helpers import instance
+
+GOLDEN = Path(__file__).parent / "golden"
+
+FULL_SPEC: dict[str, Any] = {
+    "components": {
+        "api": {"replicas": 3, "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "3Gi"}}},
+        "worker": {
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        },
+        "flower": {"enabled": True},
+    },
+    "app": {
+        "config": {"CHUNK_SIZE": "400"},
+        "env": [{"name": "LLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm", "key": "apiKey"}}}],
+        "envFrom": [{"secretRef": {"name": "extra"}}],
+    },
+    "objectStorage": {
+        "type": "s3",
+        "s3": {"bucket": "docs", "endpoint": "http://minio:9000", "credentialsSecret": {"name": "s3"}},
+    },
+    "ingress": {"enabled": True, "host": "rag.example.com", "tlsSecretName": "rag-tls", "className": "nginx"},
+    "networkPolicy": {"enabled": True},
+}
+
+
+@pytest.mark.parametrize("case,spec", [("minimal", {}), ("full", FULL_SPEC)])
+def test_golden(case: str, spec: dict[str, Any]) -> None:
+    objs = desired_children(instance(spec))
+    text = yaml.safe_dump_all(objs, sort_keys=True)
+    path = GOLDEN / f"{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
+        path.write_text(text)
+    assert path.read_text() == text, f"golden file {path} differs; UPDATE_GOLDEN=1 to refresh after review"
+
+
+def test_names_labels_and_owner() -> None:
+    objs = desired_children(instance())
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    assert ("Deployment", "demo-api") in names and ("Service", "demo-api") in names
+    assert ("Deployment", "demo-beat") in names and ("PersistentVolumeClaim", "demo-objects") in names
+    assert ("PodDisruptionBudget", "demo-api") in names and ("PodDisruptionBudget", "demo-worker") in names
+    assert ("Ingress", "demo") not in names and ("Deployment", "demo-flower") not in names
+    assert len({key(o) for o in objs}) == len(objs)
+    for obj in objs:
+        meta = obj["metadata"]
+        assert meta["namespace"] == "team-a"
+        labels = meta["labels"]
+        assert labels["app.kubernetes.io/name"] == "aperag"
+        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["app.kubernetes.io/managed-by"] == "aperag-operator"
+        assert labels["app.kubernetes.io/part-of"] == "aperag"
+        assert labels["app.kubernetes.io/version"] == "0.5.0"
+        ref = meta["ownerReferences"][0]
+        assert ref["kind"] == "ApeRAG" and ref["controller"] is True and ref["uid"]
+        assert SPEC_HASH_ANNOTATION in meta["annotations"]
+
+
+def _pod(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("component", ["api", "worker", "beat", "frontend", "flower"])
+def test_restricted_pod_security(component: str) -> None:
+    inst = instance({"components": {"flower": {"enabled": True}}})
+    pod = _pod(deployment.build(inst, component))
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    for vol in pod["volumes"]:
+        assert "hostPath" not in vol
+    affinity = pod.get("affinity", {})
+    for kind in ("podAffinity", "podAntiAffinity"):
+        assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity.get(kind, {})
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert "/tmp" in mounts
+        if component in ("api", "frontend", "flower"):
+            assert "livenessProbe" in c and "readinessProbe" in c
+
+
+def test_api_probes_use_health_endpoints() -> None:
+    c = _pod(deployment.build(instance(), "api"))["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert c["ports"][0]["containerPort"] == 8000
+    assert c["command"] == ["aperag", "serve"]
+
+
+def test_beat_is_recreate_with_one_replica() -> None:
+    dep = deployment.build(instance(), "beat")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 1
+
+
+def test_shared_volume_mounted_by_api_and_worker_only() -> None:
+    inst = instance()
+    assert pvc.build(inst)["spec"]["accessModes"] == ["ReadWriteMany"]
+    for component, expect in (("api", True), ("worker", True), ("beat", False), ("frontend", False)):
+        vols = {v["name"] for v in _pod(deployment.build(inst, component))["volumes"]}
+        assert ("objects" in vols) is expect, component
+    s3 = instance(FULL_SPEC)
+    assert not pvc.wanted(s3)
+    env = {e["name"]: e for e in _pod(deployment.build(s3, "api"))["containers"][0]["env"]}
+    assert env["OBJECT_STORE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3"
+
+
+def test_database_env_seam_and_user_env_wins() -> None:
+    inst = instance({"app": {"env": [{"name": "POSTGRES_HOST", "value": "override"}]}})
+    db_env = [{"name": "POSTGRES_HOST", "value": "pg"}, {"name": "POSTGRES_PORT", "value": "5432"}]
+    env = deployment.app_env(inst, "api", db_env)
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names))
+    by_name = {e["name"]: e for e in env}
+    assert by_name["POSTGRES_HOST"]["value"] == "override"
+    assert by_name["POSTGRES_PORT"]["value"] == "5432"
+    dep = deployment.build(inst, "worker", db_env)
+    assert {"name": "POSTGRES_PORT", "value": "5432"} in _pod(dep)["containers"][0]["env"]
+
+
+def test_resource_defaults_are_overridden_key_by_key() -> None:
+    inst = instance(FULL_SPEC)
+    res = _pod(deployment.build(inst, "api"))["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "1", "memory": "512Mi"}
+    assert res["limits"] == {"memory": "3Gi"}
+
+
+def test_config_change_rolls_pods() -> None:
+    a = deployment.build(instance(), "api", config_hash=deployment.config_hash(instance()))
+    other = instance({"app": {"config": {"CHUNK_SIZE": "100"}}})
+    b = deployment.build(other, "api", config_hash=deployment.config_hash(other))
+    ann = "aperag.io/config-hash"
+    assert (
+        a["spec"]["template"]["metadata"]["annotations"][ann]
+        != b["spec"]["template"]["metadata"]["annotations"][ann]
+    )
+
+
+def test_ingress_and_network_policy() -> None:
+    inst = instance(FULL_SPEC)
+    ing = ingress.build(inst)
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["tls"] == [{"hosts": ["rag.example.com"], "secretName": "rag-tls"}]
+    paths = {p["path"]: p["backend"]["service"]["name"] for p in ing["spec"]["rules"][0]["http"]["paths"]}
+    assert paths == {"/api": "demo-api", "/": "demo-frontend"}
+    policies = network_policy.build(inst)
+    assert [p["metadata"]["name"] for p in policies] == ["demo-app", "demo-web"]
+
+
+def test_resource_labels_are_never_copied() -> None:
+    # The builders only see the spec: an instance label on the ApeRAG itself cannot leak.
+    for obj in desired_children(instance(name="other")):
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "other"
+
+
+def test_two_instances_do_not_collide() -> None:
+    a = {key(o) for o in desired_children(instance(name="a"))}
+    b = {key(o) for o in desired_children(instance(name="b"))}
+    c = {key(o) for o in desired_children(instance(name="a", namespace="other"))}
+    assert not a & b and not a & c
