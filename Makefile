@@ -51,7 +51,7 @@ cluster-up: setup
 	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR)
 
 cluster-down:
-	@if [ -x $(PY) ]; then $(PY) e2e/controlplane/localcluster.py down --state-dir $(STATE_DIR); fi
+	@if [ -x $(PY) ]; then $(PY) e2e/demo.py stop; $(PY) e2e/controlplane/localcluster.py down --state-dir $(STATE_DIR); fi
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -67,12 +67,19 @@ lint: venv
 	$(VENV)/bin/mypy
 
 demo: cluster-up
-	@echo; echo "== nodes"; $(KUBECTL) get nodes -o wide
-	@echo; echo "== version"; $(KUBECTL) version
-	@echo; echo "export KUBECONFIG=$(KUBECONFIG_LOCAL)   # then: make cluster-down"
+	@echo; echo "== nodes"; $(KUBECTL) get nodes
+	@echo; $(KUBECTL) version
+	@echo; $(PY) e2e/demo.py
 
 bench: setup
-	@echo "benchmarks: see docs/benchmarks.md"
+	$(PY) bench/operator_scale.py
+	$(PY) -m bench.app_ingest
+	$(PY) -m bench.app_search
+	$(PY) -m bench.app_quality
+
+# The CRD is generated from the spec model (a unit test fails when they disagree).
+crds: venv
+	$(PY) -m aperag_operator.crdgen > crds/aperag.io_aperags.yaml
 
 clean: cluster-down
 	rm -rf $(STATE_DIR)
