@@ -10,6 +10,9 @@ gover=$(go env GOVERSION)
 cache_root=${APERAG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aperag-operator}
 bindir=$cache_root/controlplane/k8s-$KUBERNETES_VERSION.etcd-$ETCD_VERSION.kwok-$KWOK_VERSION.helm-$HELM_VERSION.$gover/bin
 mkdir -p "$bindir"
+# Concurrent runs (two test sessions, a test and the demo) wait for each other instead of racing.
+exec 9>"$bindir/.build.lock"
+flock 9
 
 # The committed go.sum files pin every module; no checksum-database look-ups are needed.
 export GOFLAGS="-mod=readonly -trimpath" GOSUMDB=off CGO_ENABLED=0
@@ -21,8 +24,8 @@ build() { # module-dir output package [ldflags] [tags]
   if [ -x "$bindir/$out" ]; then return; fi
   log "building $out ($pkg)"
   local start=$SECONDS
-  (cd "$here/modules/$dir" && go build -tags "$tags" -ldflags "-s -w $ldflags" -o "$bindir/$out.tmp" "$pkg")
-  mv "$bindir/$out.tmp" "$bindir/$out"
+  (cd "$here/modules/$dir" && go build -tags "$tags" -ldflags "-s -w $ldflags" -o "$bindir/$out.tmp.$$" "$pkg")
+  mv "$bindir/$out.tmp.$$" "$bindir/$out"
   log "built $out in $((SECONDS - start))s"
 }
 
