@@ -50,9 +50,15 @@ from e2e.controlplane.localcluster import ClusterInfo, down, up  # noqa: E402
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 WRITE_VERBS = {"create", "update", "patch", "delete"}
 OPERATOR_USER = "aperag-operator"
+DB_SECRET = "bench-db"
+# External databases: the bench measures the operator, not KubeBlocks (which the bench cluster lacks).
 SPEC: dict[str, Any] = {
     "version": "0.5.0",
     "components": {"api": {"replicas": 1}, "worker": {"replicas": 1}},
+    "databases": {
+        "postgresql": {"external": {"host": "pg.bench.internal", "credentialsSecretRef": {"name": DB_SECRET}}},
+        "redis": {"external": {"host": "redis.bench.internal"}},
+    },
 }
 CHILDREN_PER_RESOURCE = len(desired_children(Instance("x", "ns", "uid", parse_spec(SPEC))))
 
@@ -185,6 +191,13 @@ def run_size(bench: Bench, n: int, workdir: Path) -> dict[str, Any]:
             }
             for name in names
         ]
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": DB_SECRET, "namespace": ns},
+            "stringData": {"username": "bench", "password": "bench"},
+        }
+        bench.kubectl("apply", "--server-side", "--field-manager=bench", "-f", "-", input=yaml.safe_dump(secret))
         bench.kubectl("apply", "--server-side", "--field-manager=bench", "-f", "-", input=yaml.safe_dump_all(docs))
 
         def child_writes() -> dict[str, list[float]]:

@@ -28,7 +28,7 @@ def or_query(query: str) -> str:
 
 # A query term found in at least this many chunks of a collection is left out of the ranking
 # (see PgFulltextStore._selective_query).
-COMMON_TERM_CHUNKS = 2000
+COMMON_TERM_CHUNKS = 500
 
 
 def tsquery_lexeme(lexeme: str) -> str:
@@ -117,38 +117,41 @@ class PgFulltextStore:
         ts_rank_cd has no IDF, so such a term adds little but noise to the ranking, and an OR query
         containing it makes PostgreSQL rank every chunk that has it (a quarter of a 100k-chunk
         collection for a word like "data"): that made full-text latency grow linearly with the
-        collection. Each count stops at the cap, so it costs at most COMMON_TERM_CHUNKS row visits.
+        collection (p95 over 1 s at 100k chunks, docs/benchmarks.md). Each count stops at the
+        cap, so it costs at most COMMON_TERM_CHUNKS row visits. The price: in a large collection a
+        moderately common word (in 500+ chunks) no longer contributes to the full-text ranking; the
+        vector side of hybrid search still sees it.
         If every matching term is that common, they are AND-ed instead (a small, precise match set).
         Below the cap nothing is dropped, so small collections rank exactly as with a plain OR.
         """
         operands = [tsquery_lexeme(x) for x in lexemes]
         if len(operands) == 1:
             return operands[0]
-        rare: list[str] = []
-        common: list[str] = []
-        for operand in operands:
-            n = conn.execute(
-                text(
-                    "SELECT count(*) FROM (SELECT 1 FROM fulltext_chunks "
-                    "WHERE collection_id = :c AND tsv @@ CAST(:t AS tsquery) LIMIT :cap) s"
-                ),
-                {"c": collection_id, "t": operand, "cap": COMMON_TERM_CHUNKS},
-            ).scalar_one()
-            if n >= COMMON_TERM_CHUNKS:
-                common.append(operand)
-            elif n > 0:
-                rare.append(operand)
+        # One statement, one capped count per term (each planned with its own lexeme).
+        counts = ", ".join(
+            f"(SELECT count(*) FROM (SELECT 1 FROM fulltext_chunks WHERE collection_id = :c "
+            f"AND tsv @@ CAST(:t{i} AS tsquery) LIMIT :cap) s{i})"
+            for i in range(len(operands))
+        )
+        params: dict[str, object] = {"c": collection_id, "cap": COMMON_TERM_CHUNKS}
+        params.update({f"t{i}": op for i, op in enumerate(operands)})
+        row = conn.execute(text(f"SELECT {counts}"), params).one()
+        rare = [op for op, n in zip(operands, row, strict=True) if 0 < n < COMMON_TERM_CHUNKS]
+        common = [op for op, n in zip(operands, row, strict=True) if n >= COMMON_TERM_CHUNKS]
         if rare:
             return " | ".join(rare)
         return " & ".join(common)
 
     def _rank(self, conn: Connection, collection_id: str, source: str, top_k: int) -> list[Row[Any]]:
+        # Cover density ties often (e.g. every chunk holding one query word once); ts_rank, a
+        # frequency-based score, breaks them, then the text itself (not the random chunk id), so equal
+        # inputs always rank the same.
         return list(
             conn.execute(
                 text(
-                    "SELECT chunk_id, ts_rank_cd(tsv, q) AS rank "
+                    "SELECT chunk_id, ts_rank_cd(tsv, q) AS rank, ts_rank(tsv, q) AS freq "
                     "FROM fulltext_chunks, CAST(:q AS tsquery) AS q "
-                    "WHERE collection_id = :c AND tsv @@ q ORDER BY rank DESC, chunk_id LIMIT :k"
+                    "WHERE collection_id = :c AND tsv @@ q ORDER BY rank DESC, freq DESC, md5(text), chunk_id LIMIT :k"
                 ),
                 {"q": source, "c": collection_id, "k": top_k},
             ).all()
