@@ -79,6 +79,31 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> None:
+    """/health/live and /health/ready on HEALTH_PORT (0: off), for the operator's probes."""
+    if not settings.health_port:
+        return
+    from aperag.health_server import Check, start_health_server
+
+    checks: dict[str, Check] = {}
+    if redis_ping:
+        import redis
+
+        broker = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        checks["redis"] = broker.ping
+    if database:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(settings.database_url, pool_pre_ping=True, pool_size=1, max_overflow=0)
+
+        def database_check() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        checks["database"] = database_check
+    start_health_server(settings.api_host, settings.health_port, checks)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _require_database(settings)
     if not settings.redis_configured:
@@ -87,6 +112,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from aperag.telemetry import setup_tracing
 
     setup_tracing("aperag-worker")
+    _start_health(settings, redis_ping=True, database=True)
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
@@ -103,6 +129,7 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit("REDIS_HOST is not set: beat needs the Redis broker")
     from aperag.ingest.celery_app import celery_app
 
+    _start_health(settings, redis_ping=True, database=False)
     # The schedule file must be on a writable path: the root filesystem is read-only in a cluster.
     celery_app.start(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
     return 0

@@ -107,6 +107,8 @@ class Settings:
     reconcile_interval_seconds: int = 60
     stuck_after_seconds: int = 900
     worker_metrics_port: int = 0
+    # Health endpoints of the worker and beat processes (the API serves its own on APERAG_PORT).
+    health_port: int = 8001
 
     embedded_pg_data_dir: str = ""
 
@@ -211,5 +213,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reconcile_interval_seconds=_get_int(e, "RECONCILE_INTERVAL_SECONDS", 60),
         stuck_after_seconds=_get_int(e, "STUCK_AFTER_SECONDS", 900),
         worker_metrics_port=_get_int(e, "WORKER_METRICS_PORT", 0),
+        health_port=_get_int(e, "HEALTH_PORT", 8001),
         embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
     )

@@ -4,11 +4,15 @@ the worker indexes, search finds the right document in every mode."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +28,35 @@ from tests.app.corpus import DOCS, QUERIES
 
 @pytest.fixture
 def worker_env(app_env_factory: Callable[..., dict[str, str]], redis_port: int) -> dict[str, str]:
-    return app_env_factory(REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_port), REDIS_DB="3")
+    return app_env_factory(
+        REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_port), REDIS_DB="3",
+        APERAG_HOST="127.0.0.1", HEALTH_PORT=str(free_port()),
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def get_json(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_worker_serves_health_endpoints_for_its_probes(
+    worker_env: dict[str, str], worker: subprocess.Popen[bytes]
+) -> None:
+    base = f"http://127.0.0.1:{worker_env['HEALTH_PORT']}"
+    assert get_json(f"{base}/health/live") == (200, {"status": "ok"})
+    assert get_json(f"{base}/health/ready") == (
+        200, {"ready": True, "checks": {"redis": "ok", "database": "ok"}}
+    )  # fmt: skip
 
 
 @pytest.fixture

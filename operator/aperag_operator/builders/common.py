@@ -28,6 +28,8 @@ COMPONENTS = ("api", "worker", "beat", "frontend", "flower")
 API_PORT = 8000
 FRONTEND_PORT = 3000
 FLOWER_PORT = 5555
+# The health server of the worker and beat processes (the app's HEALTH_PORT default).
+HEALTH_PORT = 8001
 APP_UID = 1000
 
 

@@ -18,6 +18,7 @@ from aperag_operator.builders.common import (
     CONTAINER_SECURITY_CONTEXT,
     FLOWER_PORT,
     FRONTEND_PORT,
+    HEALTH_PORT,
     POD_SECURITY_CONTEXT,
     Instance,
     Obj,
@@ -173,12 +174,17 @@ def _probes(component: str) -> Obj:
         }
     if component in ("frontend", "flower"):
         return {"livenessProbe": _http_probe("/", 10, 3), "readinessProbe": _http_probe("/", 5, 3)}
-    return {}
+    # worker and beat: the app's health server (HEALTH_PORT); ready = broker (and database) reachable.
+    return {
+        "startupProbe": _http_probe("/health/live", 5, 60),
+        "livenessProbe": _http_probe("/health/live", 10, 3),
+        "readinessProbe": _http_probe("/health/ready", 10, 3),
+    }
 
 
 def _ports(component: str) -> list[Obj]:
-    port = {"api": API_PORT, "frontend": FRONTEND_PORT, "flower": FLOWER_PORT}.get(component)
-    return [{"name": "http", "containerPort": port, "protocol": "TCP"}] if port else []
+    port = {"api": API_PORT, "frontend": FRONTEND_PORT, "flower": FLOWER_PORT}.get(component, HEALTH_PORT)
+    return [{"name": "http", "containerPort": port, "protocol": "TCP"}]
 
 
 def _affinity(inst: Instance, component: str, spec: WorkloadSpec) -> Obj | None:
