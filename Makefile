@@ -53,7 +53,7 @@ cluster-up: setup
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) e2e/demo.py stop; $(PY) e2e/controlplane/localcluster.py down --state-dir $(STATE_DIR); fi
 
-test: setup
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv

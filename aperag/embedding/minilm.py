@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -34,18 +34,18 @@ def _erf(x: Array) -> Array:
     ax = np.abs(x)
     t = _ONE / (_ONE + _P * ax)
     poly = ((((_A5 * t + _A4) * t + _A3) * t + _A2) * t + _A1) * t
-    return sign * (_ONE - poly * np.exp(-ax * ax))
+    return cast(Array, sign * (_ONE - poly * np.exp(-ax * ax)))
 
 
 def _gelu(x: Array) -> Array:
     # BERT uses the exact (erf) GELU, not the tanh approximation.
-    return np.float32(0.5) * x * (_ONE + _erf(x * np.float32(1.0 / math.sqrt(2.0))))
+    return cast(Array, np.float32(0.5) * x * (_ONE + _erf(x * np.float32(1.0 / math.sqrt(2.0)))))
 
 
 def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+    return cast(Array, ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32))
 
 
 def bundled_model_dir() -> Path:
@@ -144,7 +144,7 @@ class MiniLMEmbedder:
         counts = np.clip(mask.sum(axis=1, keepdims=True), 1e-9, None)
         pooled = summed / counts
         norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-        return (pooled / norms).astype(np.float32)
+        return cast(Array, (pooled / norms).astype(np.float32))
 
     def _batches(self, order: list[int], lengths: list[int]) -> Iterator[list[int]]:
         """At most batch_size texts and at most max_batch_tokens padded tokens per forward pass.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import httpx
 import numpy as np
 
@@ -42,4 +44,4 @@ class OpenAICompatibleEmbedder:
                 f"endpoint returned {vectors.shape[1]}-dim vectors, EMBEDDING_DIMENSION is {self.dimension}"
             )
         norms = np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
-        return (vectors / norms).astype(np.float32)
+        return cast(Vectors, (vectors / norms).astype(np.float32))

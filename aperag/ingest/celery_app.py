@@ -41,7 +41,7 @@ def worker_context() -> AppContext:
     return AppContext(settings=settings, dispatcher=CeleryDispatcher(settings.redis_url))
 
 
-@celery_app.task(
+@celery_app.task(  # type: ignore[untyped-decorator]  # celery ships no type hints
     name="aperag.index_document", bind=True, acks_late=True, max_retries=_settings.task_max_retries
 )
 def index_document_task(self: Any, document_id: str) -> str:
@@ -55,7 +55,7 @@ def index_document_task(self: Any, document_id: str) -> str:
         raise self.retry(exc=exc, countdown=countdown) from exc
 
 
-@celery_app.task(name="aperag.reconcile")
+@celery_app.task(name="aperag.reconcile")  # type: ignore[untyped-decorator]
 def reconcile_task() -> dict[str, int]:
     from aperag.ingest.pipeline import reconcile
 

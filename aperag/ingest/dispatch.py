@@ -37,7 +37,7 @@ class CeleryDispatcher:
 
         client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
         try:
-            return int(client.llen("celery"))  # type: ignore[arg-type]
+            return int(client.llen("celery"))
         finally:
             client.close()
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Row, text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
 from aperag.db.session import get_engine
@@ -142,7 +142,7 @@ class PgFulltextStore:
             return " | ".join(rare)
         return " & ".join(common)
 
-    def _rank(self, conn: Connection, collection_id: str, source: str, top_k: int) -> list[Row[Any]]:
+    def _rank(self, conn: Connection, collection_id: str, source: str, top_k: int) -> list[Any]:
         # Cover density ties often (e.g. every chunk holding one query word once); ts_rank, a
         # frequency-based score, breaks them, then the text itself (not the random chunk id), so equal
         # inputs always rank the same.
