@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -82,5 +83,15 @@ def upstream_crds(cluster: Cluster) -> list[str]:
     for sub in UPSTREAM_CRD_DIRS:
         args += ["-f", str(crd_root / sub)]
     names = [line.split("/", 1)[1] for line in cluster.kubectl(*args).stdout.split()]
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
-    return names
+    # Not a bare `kubectl wait`: right after creation a CRD may have no conditions yet, which it treats
+    # as an error. Retry until every CRD is Established.
+    deadline = time.monotonic() + 60
+    while True:
+        result = cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=30s", *[f"crd/{n}" for n in names], check=False
+        )
+        if result.returncode == 0:
+            return names
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"upstream CRDs not Established: {result.stderr}")
+        time.sleep(0.5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aperag_operator.reconcile import Hooks
 
@@ -16,7 +16,8 @@ class Config:
     watch_client_timeout: int = 90
     watch_connect_timeout: int = 10
     request_timeout: float = 30.0
-    hooks: Hooks = field(default_factory=Hooks)
+    #: None: the default hooks (the databases, see database_hooks.py); set to replace them.
+    hooks: Hooks | None = None
 
 
 CONFIG = Config()

@@ -44,6 +44,7 @@ log = logging.getLogger("aperag_operator")
 
 ParentKey = tuple[str, str]  # (namespace, name)
 APERAG_API_VERSION = f"{API_GROUP}/{API_VERSION}"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
 def _rv(obj: Obj | None) -> int:
@@ -149,6 +150,7 @@ class Controller:
         if event_type == "DELETED":
             self.parents.pop(pk, None)
             self._forget_secret_refs(pk)
+            self.hooks.forget(*pk)
             return
         old = self.parents.get(pk)
         if old is not None and _rv(old) > _rv(obj) > 0:
@@ -162,6 +164,19 @@ class Controller:
         else:
             self.cache.put(obj)
         parent = owner_of(obj)
+        if parent is not None and parent in self.parents:
+            self.enqueue_soon(parent)
+
+    def on_instance_labeled_event(self, event_type: str | None, obj: Obj) -> None:
+        """An object that belongs to an ApeRAG by its ``app.kubernetes.io/instance`` label rather than an
+        owner reference (e.g. a KubeBlocks Cluster kept under the Retain policy): cache it, wake the owner."""
+        if event_type == "DELETED":
+            self.cache.remove(key(obj))
+        else:
+            self.cache.put(obj)
+        meta = obj.get("metadata") or {}
+        instance = (meta.get("labels") or {}).get(INSTANCE_LABEL)
+        parent = (meta.get("namespace", ""), instance) if instance else None
         if parent is not None and parent in self.parents:
             self.enqueue_soon(parent)
 
@@ -422,8 +437,9 @@ class Controller:
 
     def _remember_secret_refs(self, pk: ParentKey, inst: Instance) -> None:
         self._forget_secret_refs(pk)
-        for ref in secret_references(inst.spec):
-            self.secret_refs.setdefault((inst.namespace, ref.name), set()).add(pk)
+        names = {ref.name for ref in secret_references(inst.spec)} | set(self.hooks.secret_names(inst))
+        for secret_name in names:
+            self.secret_refs.setdefault((inst.namespace, secret_name), set()).add(pk)
 
     def _forget_secret_refs(self, pk: ParentKey) -> None:
         for parents in self.secret_refs.values():

@@ -20,8 +20,10 @@ from lightkube import AsyncClient
 
 from aperag_operator.builders.children import CHILD_KINDS
 from aperag_operator.builders.common import MANAGED_BY
+from aperag_operator.builders.kubeblocks_cluster import CLUSTER_PLURAL, KUBEBLOCKS_GROUP
 from aperag_operator.config import CONFIG
 from aperag_operator.controller import Controller
+from aperag_operator.database_hooks import DatabaseHooks
 from aperag_operator.kube import PLURALS
 from aperag_operator.spec.model import API_GROUP, API_VERSION, PLURAL
 
@@ -51,6 +53,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.batch_window = 0.05
     client = AsyncClient(field_manager="aperag-operator")
     ctl = Controller(client, hooks=CONFIG.hooks, workers=CONFIG.workers, child_delay=CONFIG.child_event_delay)
+    if CONFIG.hooks is None:  # the default: the databases (managed KubeBlocks Clusters or external)
+        ctl.hooks = DatabaseHooks(client, ctl.cache.put, ctl.cache.remove).hooks()
     ctl.start()
     STATE["controller"] = ctl
     STATE["client"] = client
@@ -113,3 +117,12 @@ for _api_version, _kind in CHILD_KINDS:
 @kopf.on.event("", "v1", "secrets")
 async def secret_event(event: kopf.RawEvent, **_: Any) -> None:
     controller().on_secret_event(dict(event["object"]))
+
+
+# KubeBlocks Clusters, mapped to their ApeRAG by the app.kubernetes.io/instance label (a Cluster under
+# the Retain policy has no owner reference). With scanning disabled, kopf only watches resources that
+# exist at startup: without the KubeBlocks CRD this handler stays idle and nothing fails; the periodic
+# resync (and the gate, which reads the Clusters itself) covers a KubeBlocks installed later.
+@kopf.on.event(KUBEBLOCKS_GROUP, "v1", CLUSTER_PLURAL, labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+async def cluster_event(event: kopf.RawEvent, **_: Any) -> None:
+    controller().on_instance_labeled_event(event.get("type"), dict(event["object"]))

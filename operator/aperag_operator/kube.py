@@ -28,6 +28,7 @@ PLURALS: dict[str, str] = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Ingress": "ingresses",
     "NetworkPolicy": "networkpolicies",
+    "Cluster": "clusters",
     KIND: PLURAL,
 }
 

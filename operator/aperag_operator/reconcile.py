@@ -90,6 +90,8 @@ class Hooks:
     * ``extra_status(inst, observed)``: keys merged into status (e.g. per-database state), plus extra
       conditions under the key ``"conditions"`` appended after the core ones.
     * ``extra_kinds``: (apiVersion, kind) of extra children, so that they are watched and pruned.
+    * ``secret_names(inst)``: more Secrets whose events wake the resource up.
+    * ``forget(namespace, name)``: the resource was deleted.
     """
 
     database_env: Callable[[Instance], list[Obj]] = lambda _inst: []
@@ -97,6 +99,11 @@ class Hooks:
     gates: Callable[[Instance, Callable[[ObjKey], Obj | None]], Awaitable[list[Problem]]] | None = None
     extra_status: Callable[[Instance, Callable[[ObjKey], Obj | None]], Obj] | None = None
     extra_kinds: tuple[tuple[str, str], ...] = ()
+    #: Names of more Secrets (in the resource's namespace) whose appearance or change should trigger a
+    #: reconcile (e.g. the database credentials).
+    secret_names: Callable[[Instance], list[str]] = lambda _inst: []
+    #: Called with (namespace, name) when the resource is gone, to drop what the hooks remember of it.
+    forget: Callable[[str, str], None] = lambda _namespace, _name: None
 
 
 @dataclass

@@ -169,6 +169,20 @@ def compute_status(
     if running:
         status["version"] = running
     if extra:
+        extra = dict(extra)
+        # Extra conditions (e.g. DatabasesReady) follow the core ones, with the same transition rules.
+        for cond in extra.pop("conditions", None) or []:
+            conditions.append(
+                _condition(
+                    prev_conditions,
+                    str(cond["type"]),
+                    cond.get("status") == "True",
+                    str(cond.get("reason", "")),
+                    str(cond.get("message", "")),
+                    generation,
+                    now,
+                )
+            )
         status.update(extra)
     return status
 

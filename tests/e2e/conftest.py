@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -162,3 +165,38 @@ def kget(cluster: Cluster, namespace: str, *what: str) -> dict[str, Any] | None:
         return None
     obj: dict[str, Any] = json.loads(result.stdout)
     return obj
+
+
+@contextlib.contextmanager
+def kubeblocks_simulator(cluster: Cluster, *namespaces: str) -> Iterator[list[BaseException]]:
+    """The simulated KubeBlocks controller for ``namespaces``, on its own event loop in a thread, so it
+    keeps working while a test blocks its own loop (``kubectl wait``). Yields the simulators' errors."""
+    from lightkube import AsyncClient, KubeConfig
+
+    from e2e.simulators.kubeblocks import KubeBlocksSimulator
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    started = threading.Event()
+
+    async def run() -> None:
+        client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), field_manager="kubeblocks-simulator")
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                sims = [await stack.enter_async_context(KubeBlocksSimulator(client, ns)) for ns in namespaces]
+                started.set()
+                await asyncio.to_thread(stop.wait)
+                for sim in sims:
+                    errors.extend(sim.errors)
+        finally:
+            started.set()
+            await client.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), name="kubeblocks-simulator", daemon=True)
+    thread.start()
+    started.wait(30)
+    try:
+        yield errors
+    finally:
+        stop.set()
+        thread.join(30)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import OperatorProcess, apply_yaml, kget
+from tests.e2e.conftest import OperatorProcess, apply_yaml, kget, kubeblocks_simulator
 from tests.harness.cluster import Cluster
 from tests.harness.wait import wait_until
 
@@ -19,6 +20,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.operator]
 
 OPERATOR_USER = "aperag-operator"
 COMPONENTS = ("api", "worker", "beat", "frontend")
+
+
+@pytest.fixture(autouse=True)
+def kubeblocks(upstream_crds: list[str], cluster: Cluster, namespace: str) -> Iterator[None]:
+    """The default databases are managed KubeBlocks Clusters: run the simulated KubeBlocks controller."""
+    with kubeblocks_simulator(cluster, namespace):
+        yield
 
 
 def manifest(name: str, namespace: str, spec: dict[str, Any] | None = None, **meta: Any) -> str:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import OperatorProcess, apply_yaml, kget, start_operator
+from tests.e2e.conftest import OperatorProcess, apply_yaml, kget, kubeblocks_simulator, start_operator
 from tests.harness.cluster import Cluster
 from tests.harness.wait import wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.operator]
+pytestmark = [pytest.mark.cluster, pytest.mark.operator, pytest.mark.usefixtures("upstream_crds")]
 
 
 def resource(name: str, namespace: str) -> str:
@@ -41,6 +41,12 @@ def second_namespace(cluster: Cluster) -> Iterator[str]:
 
 
 async def _run(cluster: Cluster, op: OperatorProcess, namespaces: list[str]) -> None:
+    # The default databases are managed KubeBlocks Clusters: the simulated KubeBlocks provisions them.
+    with kubeblocks_simulator(cluster, *namespaces):
+        await _run_simulated(cluster, op, namespaces)
+
+
+async def _run_simulated(cluster: Cluster, op: OperatorProcess, namespaces: list[str]) -> None:
     try:
         await wait_until(lambda: op.health() is not None, timeout=60, what="liveness endpoint")
         for ns in namespaces:
@@ -68,13 +74,14 @@ async def test_several_namespaces_and_nothing_outside(
     cluster: Cluster, aperag_crd: str, namespace: str, second_namespace: str, tmp_path: Path
 ) -> None:
     op = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace)
-    try:
-        await wait_until(lambda: op.health() is not None, timeout=60, what="liveness endpoint")
-        apply_yaml(cluster, resource("rag", namespace))
-        apply_yaml(cluster, resource("outside", second_namespace))
-        await wait_until(lambda: ready(cluster, namespace, "rag"), timeout=60, what="rag Ready")
-        # the resource outside the watched namespace is untouched: no status, no children
-        assert (kget(cluster, second_namespace, "aperag", "outside") or {}).get("status") in (None, {})
-        assert kget(cluster, second_namespace, "deployment", "outside-api") is None
-    finally:
-        op.stop()
+    with kubeblocks_simulator(cluster, namespace):
+        try:
+            await wait_until(lambda: op.health() is not None, timeout=60, what="liveness endpoint")
+            apply_yaml(cluster, resource("rag", namespace))
+            apply_yaml(cluster, resource("outside", second_namespace))
+            await wait_until(lambda: ready(cluster, namespace, "rag"), timeout=60, what="rag Ready")
+            # the resource outside the watched namespace is untouched: no status, no children
+            assert (kget(cluster, second_namespace, "aperag", "outside") or {}).get("status") in (None, {})
+            assert kget(cluster, second_namespace, "deployment", "outside-api") is None
+        finally:
+            op.stop()

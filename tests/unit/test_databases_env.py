@@ -54,7 +54,7 @@ def test_managed_defaults() -> None:
     assert value(env, "REDIS_PORT") == "6379"
     assert secret(env, "REDIS_PASSWORD") == ("rag-redis-redis-account-default", "password")
     assert value(env, "VECTOR_DB_TYPE") == "pgvector"
-    assert value(env, "FULLTEXT_DB_TYPE") == "postgresql"
+    assert value(env, "FULLTEXT_TYPE") == "postgres"
     assert "QDRANT_URL" not in env and "ES_HOST_NAME" not in env
     assert_no_secret_values(env)
 
@@ -63,7 +63,7 @@ def test_managed_qdrant_and_elasticsearch() -> None:
     env = env_of({"vectorStore": {"type": "qdrant"}, "fullTextStore": {"type": "elasticsearch"}})
     assert value(env, "VECTOR_DB_TYPE") == "qdrant"
     assert value(env, "QDRANT_URL") == "http://rag-qdrant-qdrant-qdrant:6333"
-    assert value(env, "FULLTEXT_DB_TYPE") == "elasticsearch"
+    assert value(env, "FULLTEXT_TYPE") == "elasticsearch"
     assert value(env, "ES_HOST_NAME") == "rag-es-master-http"
     assert value(env, "ES_PORT") == "9200"
     assert value(env, "ES_PROTOCOL") == "http"

@@ -43,7 +43,9 @@ REDIS_URL = "REDIS_URL"
 VECTOR_DB_TYPE = "VECTOR_DB_TYPE"
 QDRANT_URL = "QDRANT_URL"
 QDRANT_API_KEY = "QDRANT_API_KEY"
-FULLTEXT_DB_TYPE = "FULLTEXT_DB_TYPE"
+FULLTEXT_TYPE = "FULLTEXT_TYPE"
+# The app names its PostgreSQL full-text store "postgres" (docs/app.md); the spec says "postgresql".
+FULLTEXT_TYPE_VALUES = {"postgresql": "postgres", "elasticsearch": "elasticsearch"}
 ES_HOST_NAME = "ES_HOST_NAME"
 ES_PORT = "ES_PORT"
 ES_PROTOCOL = "ES_PROTOCOL"
@@ -192,7 +194,7 @@ def build_database_env(name: str, databases: DatabasesSpec) -> list[EnvVar]:
     env = [*per_database["postgresql"], *per_database["redis"]]
     env.append(_value(VECTOR_DB_TYPE, databases.vector_store.type))
     env += per_database.get("qdrant", [])
-    env.append(_value(FULLTEXT_DB_TYPE, databases.full_text_store.type))
+    env.append(_value(FULLTEXT_TYPE, FULLTEXT_TYPE_VALUES[databases.full_text_store.type]))
     env += per_database.get("elasticsearch", [])
     return env
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
-from aperag_operator.spec.databases import DatabasesSpec
+from aperag_operator.spec.databases import DatabasesSpec, DatabaseStatus
 
 API_GROUP = "aperag.io"
 API_VERSION = "v1alpha1"
@@ -603,6 +603,11 @@ class ApeRAGStatus(Spec):
     )
     components: dict[str, ComponentStatus] = Field(
         default_factory=dict, description="Per-component replica counts, keyed by component name."
+    )
+    databases: list[DatabaseStatus] = Field(
+        default_factory=list,
+        description="Each database in use (managed KubeBlocks Cluster or external) and whether it is ready; "
+        "the roll-up is the DatabasesReady condition. Never contains credentials.",
     )
 
 
