@@ -45,6 +45,14 @@ def _get_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in {"1", "true", "yes", "on"}
 
 
+def _sqlalchemy_postgres_url(url: str) -> str:
+    """A libpq-style URL (postgres:// or postgresql://) as SQLAlchemy's psycopg 3 URL."""
+    for scheme in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    raise ConfigError("DATABASE_URL must start with postgresql:// or postgres://")
+
+
 @dataclass(frozen=True)
 class Settings:
     # Metadata database. An empty host means "no database configured": `aperag serve` then starts
@@ -54,12 +62,19 @@ class Settings:
     postgres_db: str = "aperag"
     postgres_user: str = "postgres"
     postgres_password: str = ""
+    # libpq sslmode (disable, require, verify-full, ...); empty: the driver's default.
+    postgres_sslmode: str = ""
+    # A full URL (DATABASE_URL, e.g. from a Secret) wins over the POSTGRES_* parts.
+    database_url_override: str = ""
 
     redis_host: str = ""
     redis_port: int = 6379
     redis_user: str = ""
     redis_password: str = ""
     redis_db: int = 0
+    redis_ssl: bool = False
+    # A full URL (REDIS_URL, e.g. from a Secret) wins over the REDIS_* parts.
+    redis_url_override: str = ""
 
     vector_db_type: str = "pgvector"
     qdrant_url: str = ""
@@ -75,6 +90,8 @@ class Settings:
     es_user: str = ""
     es_password: str = ""
     es_index: str = "aperag_chunks"
+    # A full URL (ES_URL, e.g. from a Secret) wins over ES_PROTOCOL/ES_HOST_NAME/ES_PORT.
+    es_url_override: str = ""
 
     object_store_type: str = "local"
     object_store_local_root_dir: str = "/data/objects"
@@ -114,34 +131,40 @@ class Settings:
 
     @property
     def database_configured(self) -> bool:
-        return bool(self.postgres_host)
+        return bool(self.postgres_host or self.database_url_override)
 
     @property
     def database_url(self) -> str:
         if not self.database_configured:
             raise ConfigError("POSTGRES_HOST is not set")
+        if self.database_url_override:
+            return _sqlalchemy_postgres_url(self.database_url_override)
         auth = quote(self.postgres_user, safe="")
         if self.postgres_password:
             auth += ":" + quote(self.postgres_password, safe="")
+        query = f"?sslmode={quote(self.postgres_sslmode, safe='')}" if self.postgres_sslmode else ""
         return (
             f"postgresql+psycopg://{auth}@{self.postgres_host}:{self.postgres_port}/"
-            f"{quote(self.postgres_db, safe='')}"
+            f"{quote(self.postgres_db, safe='')}{query}"
         )
 
     @property
     def redis_configured(self) -> bool:
-        return bool(self.redis_host)
+        return bool(self.redis_host or self.redis_url_override)
 
     @property
     def redis_url(self) -> str:
+        if self.redis_url_override:
+            return self.redis_url_override
         auth = ""
         if self.redis_user or self.redis_password:
             auth = f"{quote(self.redis_user, safe='')}:{quote(self.redis_password, safe='')}@"
-        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        scheme = "rediss" if self.redis_ssl else "redis"
+        return f"{scheme}://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
     @property
     def es_url(self) -> str:
-        return f"{self.es_protocol}://{self.es_host_name}:{self.es_port}"
+        return self.es_url_override or f"{self.es_protocol}://{self.es_host_name}:{self.es_port}"
 
     @property
     def auth_enabled(self) -> bool:
@@ -168,11 +191,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         postgres_db=_get(e, "POSTGRES_DB", "aperag") or "aperag",
         postgres_user=_get(e, "POSTGRES_USER", "postgres") or "postgres",
         postgres_password=_get(e, "POSTGRES_PASSWORD"),
+        postgres_sslmode=_get(e, "POSTGRES_SSLMODE"),
+        database_url_override=_get(e, "DATABASE_URL"),
         redis_host=_get(e, "REDIS_HOST"),
         redis_port=_get_int(e, "REDIS_PORT", 6379),
         redis_user=_get(e, "REDIS_USER"),
         redis_password=_get(e, "REDIS_PASSWORD"),
         redis_db=_get_int(e, "REDIS_DB", 0),
+        redis_ssl=_get_bool(e, "REDIS_SSL", False),
+        redis_url_override=_get(e, "REDIS_URL"),
         vector_db_type=_get_choice(e, "VECTOR_DB_TYPE", "pgvector", ("pgvector", "qdrant")),
         qdrant_url=_get(e, "QDRANT_URL"),
         qdrant_api_key=_get(e, "QDRANT_API_KEY"),
@@ -185,6 +212,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         es_user=_get(e, "ES_USER"),
         es_password=_get(e, "ES_PASSWORD"),
         es_index=_get(e, "ES_INDEX", "aperag_chunks") or "aperag_chunks",
+        es_url_override=_get(e, "ES_URL"),
         object_store_type=_get_choice(e, "OBJECT_STORE_TYPE", "local", ("local", "s3")),
         object_store_local_root_dir=_get(e, "OBJECT_STORE_LOCAL_ROOT_DIR", "/data/objects")
         or "/data/objects",

@@ -47,3 +47,27 @@ def test_upstream_names_are_read() -> None:
 def test_bad_values_are_rejected(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_settings(env)
+
+
+def test_connection_urls_and_tls_flags_the_operator_sets_are_honoured() -> None:
+    """The operator passes external databases as URLs from Secrets, or parts plus TLS flags."""
+    parts = load_settings({
+        "POSTGRES_HOST": "pg.example", "POSTGRES_USER": "app", "POSTGRES_PASSWORD": "p@ss",
+        "POSTGRES_DB": "rag", "POSTGRES_SSLMODE": "require",
+        "REDIS_HOST": "redis.example", "REDIS_PASSWORD": "r", "REDIS_SSL": "true",
+    })  # fmt: skip
+    assert parts.database_url == "postgresql+psycopg://app:p%40ss@pg.example:5432/rag?sslmode=require"
+    assert parts.redis_url == "rediss://:r@redis.example:6379/0"
+
+    urls = load_settings({
+        "DATABASE_URL": "postgresql://u:pw@db.example:6432/rag?sslmode=verify-full",
+        "REDIS_URL": "rediss://default:pw@cache.example:6380/2",
+        "ES_URL": "https://es.example:9243",
+    })  # fmt: skip
+    assert urls.database_configured and urls.redis_configured
+    assert urls.database_url == "postgresql+psycopg://u:pw@db.example:6432/rag?sslmode=verify-full"
+    assert urls.redis_url == "rediss://default:pw@cache.example:6380/2"
+    assert urls.es_url == "https://es.example:9243"
+
+    with pytest.raises(ConfigError, match="DATABASE_URL must start with"):
+        _ = load_settings({"DATABASE_URL": "mysql://u@h/db"}).database_url
