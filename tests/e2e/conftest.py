@@ -86,11 +86,17 @@ class OperatorProcess:
 
 
 def start_operator(
-    cluster: Cluster, log_path: Path, *scope: str, resync: float = 2.0, extra: tuple[str, ...] = ()
+    cluster: Cluster,
+    log_path: Path,
+    *scope: str,
+    resync: float = 2.0,
+    extra: tuple[str, ...] = (),
+    kubeconfig: Path | None = None,
 ) -> OperatorProcess:
     port = free_port()
     url = f"http://127.0.0.1:{port}/healthz"
-    env = {**cluster.env, "KUBECONFIG": str(cluster.operator_kubeconfig), "PYTHONUNBUFFERED": "1"}
+    credentials = kubeconfig or cluster.operator_kubeconfig
+    env = {**cluster.env, "KUBECONFIG": str(credentials), "PYTHONUNBUFFERED": "1"}
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [
