@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -43,52 +41,21 @@ from aperag import services
 from aperag.chunking import chunk_text
 from aperag.context import AppContext
 from aperag.db.models import Document, DocumentStatus
-from aperag.embedded_pg import free_port
 from aperag.ingest.dispatch import CeleryDispatcher
 from aperag.ingest.pipeline import index_document
-from bench.common import REPO, embedded_postgres, machine_facts, markdown_table, new_database, server_version
+from bench.common import (
+    REPO,
+    embedded_postgres,
+    machine_facts,
+    markdown_table,
+    new_database,
+    redis_server,
+    server_version,
+    wait_until,
+)
 from bench.retrieval_eval import load_corpus
 
 TARGET = 0.80
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-@contextmanager
-def redis_server() -> Iterator[int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-    workdir = tempfile.mkdtemp(prefix="aperag-bench-redis-")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    try:
-        wait_until(answers, 20, "redis-server")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from aperag.config import Settings, load_settings
-from aperag.embedded_pg import EmbeddedPostgres, free_port, remove_server, temporary_server
+from aperag.embedded_pg import EmbeddedPostgres, remove_server, temporary_server
+from bench.common import redis_server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -49,44 +47,10 @@ def postgres() -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture(scope="session")
 def redis_port() -> Iterator[int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (apt-get install -y redis-server); see tests/app/SETUP.md")
-    workdir = tempfile.mkdtemp(prefix="aperag-redis-")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def accepting() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    try:
-        wait_until(accepting, 20, "redis-server to answer PING")
+    with redis_server() as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
