@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.harness.cluster import Cluster
-from tests.harness.wait import wait_until
+from tests.harness.wait import poll_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "aperag.io_aperags.yaml"
@@ -30,7 +29,6 @@ CRD_FILE = ROOT / "crds" / "aperag.io_aperags.yaml"
 def aperag_crd(cluster: Cluster) -> str:
     """The ApeRAG CRD, server-side applied and Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=aperag-tests", "-f", str(CRD_FILE))
-    deadline = time.monotonic() + 60
 
     def established() -> bool:
         crd = json.loads(cluster.kubectl("get", "crd/aperags.aperag.io", "-o", "json").stdout)
@@ -38,10 +36,7 @@ def aperag_crd(cluster: Cluster) -> str:
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     # not `kubectl wait`: right after creation the CRD may have no conditions yet, which it treats as an error
-    while not established():
-        if time.monotonic() > deadline:
-            raise TimeoutError("CRD aperags.aperag.io not Established")
-        time.sleep(0.2)
+    poll_until(established, timeout=60, what="CRD aperags.aperag.io Established")
     return "aperags.aperag.io"
 
 

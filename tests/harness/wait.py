@@ -42,3 +42,20 @@ async def wait_until(check: Callable[[], Any], *, timeout: float, interval: floa
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
         await asyncio.sleep(interval)
+
+
+def poll_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """``wait_until`` for synchronous code (session fixtures that run before any event loop)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except AssertionError as err:
+            last = err
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval)
