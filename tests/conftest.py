@@ -13,7 +13,7 @@ from lightkube import AsyncClient, KubeConfig
 
 from e2e.controlplane.localcluster import ClusterInfo, down, up
 from tests.harness.cluster import Cluster
-from tests.harness.wait import poll_until, wait_until
+from tests.harness.wait import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +84,5 @@ def upstream_crds(cluster: Cluster) -> list[str]:
     names = [line.split("/", 1)[1] for line in cluster.kubectl(*args).stdout.split()]
     # Not a bare `kubectl wait`: right after creation a CRD may have no conditions yet, which it treats
     # as an error. Retry until every CRD is Established.
-    crds = [f"crd/{n}" for n in names]
-
-    def established() -> bool:
-        result = cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", *crds, check=False)
-        return result.returncode == 0
-
-    poll_until(established, timeout=90, interval=0.5, what="upstream CRDs Established")
+    cluster.wait_established(*names, timeout=90)
     return names

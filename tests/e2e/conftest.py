@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.harness.cluster import Cluster
-from tests.harness.wait import poll_until, wait_until
+from tests.harness.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "aperag.io_aperags.yaml"
@@ -30,13 +30,7 @@ def aperag_crd(cluster: Cluster) -> str:
     """The ApeRAG CRD, server-side applied and Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=aperag-tests", "-f", str(CRD_FILE))
 
-    def established() -> bool:
-        crd = json.loads(cluster.kubectl("get", "crd/aperags.aperag.io", "-o", "json").stdout)
-        conditions = (crd.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    # not `kubectl wait`: right after creation the CRD may have no conditions yet, which it treats as an error
-    poll_until(established, timeout=60, what="CRD aperags.aperag.io Established")
+    cluster.wait_established("aperags.aperag.io")
     return "aperags.aperag.io"
 
 

@@ -360,7 +360,7 @@ def no_kubeblocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
     try:
         bare = Cluster(info)
         bare.kubectl("apply", "--server-side", "--field-manager=aperag-tests", "-f", str(CRD_FILE))
-        bare.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/aperags.aperag.io")
+        bare.wait_established("aperags.aperag.io")
         yield bare
     finally:
         down(state)

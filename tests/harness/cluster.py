@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.controlplane.localcluster import ClusterInfo
+from tests.harness.wait import poll_until
 
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -49,6 +50,25 @@ class Cluster:
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
+
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Waits until every named CRD is Established.
+
+        Not ``kubectl wait``: right after creation a CRD can have no conditions yet, which it reports
+        as an error instead of waiting.
+        """
+
+        def established() -> bool:
+            for crd in crds:
+                result = self.kubectl("get", f"crd/{crd}", "-o", "json", check=False)
+                if result.returncode != 0:
+                    return False
+                conditions = (json.loads(result.stdout).get("status") or {}).get("conditions") or []
+                if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                    return False
+            return True
+
+        poll_until(established, timeout=timeout, what=f"CRDs Established: {', '.join(crds)}")
 
     def audit_events(
         self,
