@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import OperationalError
 
-from aperag.db.session import get_engine
-from aperag.stores import Hit, IndexedChunk, StoreUnavailable
+from aperag.stores import Hit, IndexedChunk
+from aperag.stores.pg_connection import store_transaction
 
 _WORD = re.compile(r"[\w]+", re.UNICODE)
 
@@ -41,13 +39,8 @@ class PgFulltextStore:
         self.url = url
         self.language = language
 
-    @contextmanager
-    def _connect(self) -> Iterator[Connection]:
-        try:
-            with get_engine(self.url).begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise StoreUnavailable(f"postgres full-text: {exc.orig}") from exc
+    def _connect(self) -> AbstractContextManager[Connection]:
+        return store_transaction(self.url, "postgres full-text")
 
     def ensure_schema(self) -> None:
         with self._connect() as conn:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import OperationalError
 
-from aperag.db.session import get_engine
-from aperag.stores import Hit, IndexedChunk, StoreUnavailable
+from aperag.stores import Hit, IndexedChunk
+from aperag.stores.pg_connection import store_transaction
 
 
 def vector_literal(vector: npt.NDArray[np.float32]) -> str:
@@ -23,13 +21,8 @@ class PgVectorStore:
         self.url = url
         self.dimension = dimension
 
-    @contextmanager
-    def _connect(self) -> Iterator[Connection]:
-        try:
-            with get_engine(self.url).begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise StoreUnavailable(f"pgvector: {exc.orig}") from exc
+    def _connect(self) -> AbstractContextManager[Connection]:
+        return store_transaction(self.url, "pgvector")
 
     def ensure_schema(self) -> None:
         with self._connect() as conn:

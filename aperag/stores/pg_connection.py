@@ -1,0 +1,23 @@
+"""One transaction on the app's PostgreSQL, for the stores that live there (pgvector, full-text)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
+
+from aperag.db.session import get_engine
+from aperag.stores import StoreUnavailable
+
+
+@contextmanager
+def store_transaction(url: str, store: str) -> Iterator[Connection]:
+    """A connection in a transaction; a database that cannot be reached becomes StoreUnavailable, which
+    the ingestion tasks retry."""
+    try:
+        with get_engine(url).begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise StoreUnavailable(f"{store}: {exc.orig}") from exc
