@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aperag_operator.spec.databases import DatabasesSpec, is_quantity
+from aperag_operator.spec.common import is_quantity
+from aperag_operator.spec.databases import DatabasesSpec
 from pydantic import ValidationError
 
 

@@ -8,28 +8,25 @@ would have refused.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from aperag_operator.spec.common import (
+    DNS_SUBDOMAIN_PATTERN,
+    QuantityString,
+    Spec,
+    cel,
+    validations,
+)
 
 DeletionPolicy = Literal["Retain", "Delete", "WipeOut"]
 VectorStoreType = Literal["pgvector", "qdrant"]
 FullTextStoreType = Literal["postgresql", "elasticsearch"]
 
-# The API server's own quantity syntax (resource.Quantity), as KubeBlocks' CRD spells it.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
-Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=64)]
 # KubeBlocks serviceVersion values are plain semantic versions ("16.4.0").
 SERVICE_VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
 ServiceVersion = Annotated[str, StringConstraints(pattern=SERVICE_VERSION_PATTERN, max_length=32)]
-# DNS-1123 subdomain: what a Secret name or a host name may be.
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SecretName = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, min_length=1, max_length=253)]
 SecretKey = Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]+$", min_length=1, max_length=253)]
 HostName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[^\s/:]+$")]
@@ -37,29 +34,26 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """``json_schema_extra`` carrying CEL rules; the CRD generator copies ``x-kubernetes-*`` keys through."""
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+    return validations(*(cel(rule, message) for rule, message in rules))
 
 
 def _major(service_version: str) -> str:
     return service_version.split(".", 1)[0]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
 # --- building blocks -------------------------------------------------------------------------------------
 
 
-class ResourceQuantities(_Model):
+class ResourceQuantities(Spec):
     """CPU and memory amounts, in Kubernetes quantity syntax."""
 
-    cpu: Quantity | None = Field(default=None, description="CPU, for example 500m or '1'.")
-    memory: Quantity | None = Field(default=None, description="Memory, for example 1Gi.")
+    cpu: QuantityString | None = Field(default=None, description="CPU, for example 500m or '1'.")
+    memory: QuantityString | None = Field(default=None, description="Memory, for example 1Gi.")
 
 
-class ComputeResources(_Model):
+class ComputeResources(Spec):
     """CPU and memory for each database pod, shaped like a container's resources."""
 
     requests: ResourceQuantities = Field(
@@ -98,7 +92,7 @@ def _resources_field(cpu_request: str, memory: str, cpu_limit: str, what: str) -
     )
 
 
-class StorageSpec(_Model):
+class StorageSpec(Spec):
     """The persistent volume of each database pod."""
 
     model_config = ConfigDict(
@@ -114,7 +108,7 @@ class StorageSpec(_Model):
         )
     )
 
-    size: Quantity = Field(
+    size: QuantityString = Field(
         default="20Gi",
         description="Size of the data volume of each pod. May grow (when the storage class allows "
         "volume expansion); may never shrink.",
@@ -126,7 +120,7 @@ class StorageSpec(_Model):
     )
 
 
-class CredentialsSecretRef(_Model):
+class CredentialsSecretRef(Spec):
     """A Secret in the ApeRAG's namespace holding a user name and a password."""
 
     name: SecretName = Field(description="Name of the Secret, in the namespace of the ApeRAG resource.")
@@ -138,7 +132,7 @@ class CredentialsSecretRef(_Model):
     password_key: SecretKey = Field(default="password", description="Key of the password in the Secret.")
 
 
-class SecretKeyRef(_Model):
+class SecretKeyRef(Spec):
     """One key of a Secret in the ApeRAG's namespace."""
 
     name: SecretName = Field(description="Name of the Secret, in the namespace of the ApeRAG resource.")
@@ -148,7 +142,7 @@ class SecretKeyRef(_Model):
 # --- managed (KubeBlocks) --------------------------------------------------------------------------------
 
 
-class _ManagedBase(_Model):
+class _ManagedBase(Spec):
     deletion_policy: DeletionPolicy | None = Field(
         default=None,
         description="What happens to this database when the ApeRAG resource is deleted; unset means "
@@ -239,7 +233,7 @@ _HOST_OR_URL = (
 )
 
 
-class ExternalPostgreSQL(_Model):
+class ExternalPostgreSQL(Spec):
     """A PostgreSQL server the operator does not manage."""
 
     model_config = ConfigDict(
@@ -268,7 +262,7 @@ class ExternalPostgreSQL(_Model):
     )
 
 
-class ExternalRedis(_Model):
+class ExternalRedis(Spec):
     """A Redis server the operator does not manage."""
 
     model_config = ConfigDict(json_schema_extra=_cel(_HOST_OR_URL))
@@ -288,7 +282,7 @@ class ExternalRedis(_Model):
     )
 
 
-class ExternalQdrant(_Model):
+class ExternalQdrant(Spec):
     """A Qdrant server the operator does not manage."""
 
     model_config = ConfigDict(
@@ -308,7 +302,7 @@ class ExternalQdrant(_Model):
     )
 
 
-class ExternalElasticsearch(_Model):
+class ExternalElasticsearch(Spec):
     """An Elasticsearch server the operator does not manage."""
 
     model_config = ConfigDict(json_schema_extra=_cel(_HOST_OR_URL))
@@ -338,7 +332,7 @@ _NO_SWITCH = (
 )
 
 
-class _Database(_Model):
+class _Database(Spec):
     @model_validator(mode="after")
     def _exactly_one(self) -> _Database:
         if (getattr(self, "managed", None) is None) == (getattr(self, "external", None) is None):
@@ -388,7 +382,7 @@ class ElasticsearchSpec(_Database):
     external: ExternalElasticsearch | None = Field(default=None, description="Use an existing Elasticsearch.")
 
 
-class VectorStoreSpec(_Model):
+class VectorStoreSpec(Spec):
     """Where chunk embeddings are stored and searched."""
 
     model_config = ConfigDict(
@@ -422,7 +416,7 @@ class VectorStoreSpec(_Model):
         return self.qdrant or QdrantSpec(managed=ManagedQdrant())
 
 
-class FullTextStoreSpec(_Model):
+class FullTextStoreSpec(Spec):
     """Where the full-text (keyword) index lives."""
 
     model_config = ConfigDict(
@@ -463,7 +457,7 @@ class FullTextStoreSpec(_Model):
 # --- the whole databases section -------------------------------------------------------------------------
 
 
-class DatabasesSpec(_Model):
+class DatabasesSpec(Spec):
     """PostgreSQL, Redis, vector and full-text stores: managed by KubeBlocks or external.
 
     The default is a managed PostgreSQL (metadata, pgvector vectors and full-text search) and a managed
@@ -500,15 +494,10 @@ class DatabasesSpec(_Model):
     )
 
 
-def is_quantity(value: str) -> bool:
-    """True when ``value`` is in Kubernetes quantity syntax."""
-    return bool(_QUANTITY_RE.match(value))
-
-
 # --- status ----------------------------------------------------------------------------------------------
 
 
-class DatabaseStatus(_Model):
+class DatabaseStatus(Spec):
     """The observed state of one database (never any credential)."""
 
     name: Literal["postgresql", "redis", "qdrant", "elasticsearch"] = Field(description="Which database.")

@@ -12,12 +12,18 @@ renders ``crds/aperag.io_aperags.yaml`` from it. Conventions (see docs/design.md
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
-from pydantic.alias_generators import to_camel
-from pydantic.config import JsonDict
+from pydantic import Field
 
+from aperag_operator.spec.common import (
+    DNS_SUBDOMAIN_PATTERN,
+    ENV_NAME_PATTERN,
+    Quantity,
+    Spec,
+    cel,
+    spec_config,
+)
 from aperag_operator.spec.databases import DatabasesSpec, DatabaseStatus
 
 API_GROUP = "aperag.io"
@@ -26,36 +32,6 @@ KIND = "ApeRAG"
 PLURAL = "aperags"
 SINGULAR = "aperag"
 SHORT_NAMES = ["apr"]
-
-#: A Kubernetes resource quantity ("500m", "1Gi", 2). Rendered as int-or-string with a pattern so the
-#: API server rejects unparsable quantities and names the field.
-_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-QUANTITY_PATTERN = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
-Quantity = Annotated[
-    str | int,
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
-]
-
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-
-
-def _cfg(**extra: Any) -> ConfigDict:
-    cfg = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-    if extra:
-        cfg["json_schema_extra"] = extra
-    return cfg
-
-
-def _cel(rule: str, message: str, **more: str) -> JsonDict:
-    return {"rule": rule, "message": message, **more}
-
-
-class Spec(BaseModel):
-    """Base class of every spec model: camelCase aliases, unknown fields are an error."""
-
-    model_config = _cfg()
 
 
 # --- images ------------------------------------------------------------------------------------------
@@ -169,7 +145,7 @@ class WorkloadSpec(Spec):
         description="Extra labels on the pods. app.kubernetes.io/* keys are reserved for the operator.",
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "self.all(k, !k.startsWith('app.kubernetes.io/'))",
                     "app.kubernetes.io/* labels are set by the operator",
                 )
@@ -194,10 +170,10 @@ class WorkerSpec(WorkloadSpec):
 class BeatSpec(WorkloadSpec):
     """The periodic task scheduler (``aperag beat``): one replica, never more, rolled out with Recreate."""
 
-    model_config = _cfg(
+    model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                _cel("self.replicas == 1", "beat runs exactly one replica", fieldPath=".replicas")
+                cel("self.replicas == 1", "beat runs exactly one replica", fieldPath=".replicas")
             ]
         }
     )
@@ -249,10 +225,10 @@ class KeySelector(Spec):
 class EnvVarSource(Spec):
     """Where an environment variable's value comes from (exactly one source)."""
 
-    model_config = _cfg(
+    model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "has(self.secretKeyRef) != has(self.configMapKeyRef)",
                     "exactly one of secretKeyRef or configMapKeyRef must be set",
                 )
@@ -268,10 +244,10 @@ class EnvVarSource(Spec):
 class EnvVar(Spec):
     """An environment variable of the app containers (api, worker, beat, flower)."""
 
-    model_config = _cfg(
+    model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "!(has(self.value) && has(self.valueFrom))", "value and valueFrom are mutually exclusive"
                 )
             ]
@@ -296,10 +272,10 @@ class ObjectRef(Spec):
 class EnvFromSource(Spec):
     """All keys of a Secret or ConfigMap as environment variables (exactly one source)."""
 
-    model_config = _cfg(
+    model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "has(self.secretRef) != has(self.configMapRef)",
                     "exactly one of secretRef or configMapRef must be set",
                 )
@@ -338,7 +314,7 @@ class AppSpec(Spec):
         "ConfigMap and loaded by every app container. Changing them rolls the pods.",
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "self.all(k, k.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))",
                     "config keys must be valid environment variable names",
                 )
@@ -399,15 +375,15 @@ class S3ObjectStorage(Spec):
 class ObjectStorageSpec(Spec):
     """Where uploaded documents are stored."""
 
-    model_config = _cfg(
+    model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "self.type != 's3' || has(self.s3)",
                     "s3 settings are required when type is s3",
                     fieldPath=".s3",
                 ),
-                _cel(
+                cel(
                     "self.type == 's3' || !has(self.s3)",
                     "s3 settings are only allowed when type is s3",
                     fieldPath=".s3",
@@ -430,10 +406,10 @@ class ObjectStorageSpec(Spec):
 class IngressSpec(Spec):
     """An Ingress in front of the frontend (/) and the API (/api)."""
 
-    model_config = _cfg(
+    model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "!self.enabled || has(self.host)",
                     "host is required when ingress is enabled",
                     fieldPath=".host",
@@ -488,10 +464,10 @@ class UpgradeSpec(Spec):
 class HorizontalScaling(Spec):
     """Autoscaling bounds of one component (reserved: filled in by the autoscaling issue)."""
 
-    model_config = _cfg(
+    model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "self.minReplicas <= self.maxReplicas",
                     "minReplicas must be <= maxReplicas",
                     fieldPath=".minReplicas",
@@ -594,7 +570,7 @@ class ComponentStatus(Spec):
 class ApeRAGStatus(Spec):
     """Observed state, written by the operator."""
 
-    model_config = _cfg(**{"x-kubernetes-preserve-unknown-fields": True})
+    model_config = spec_config(**{"x-kubernetes-preserve-unknown-fields": True})
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
     phase: str | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Paused.")
     version: str | None = Field(default=None, description="Version of the pods that are running.")
