@@ -11,7 +11,7 @@ APT_PACKAGES := openssl redis-server
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-packages venv controlplane test test-unit test-e2e test-app lint \
-        demo cluster-up cluster-down bench crds clean
+        demo cluster-up cluster-down bench crds golden clean
 
 help:
 	@echo "make demo          start the local cluster and run the operator on the example ApeRAG"
@@ -76,6 +76,10 @@ bench: setup
 	$(PY) -m bench.app_ingest
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
+
+# The builders' golden files: rewritten only on request; review the diff like code.
+golden: venv
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_builders.py -k golden
 
 # The CRD is generated from the spec model (a unit test fails when they disagree).
 crds: venv

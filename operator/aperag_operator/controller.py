@@ -1,195 +1,291 @@
-"""The reconcile engine: an in-memory cache of the children (fed by kopf's watch streams), a coalescing
-work queue keyed by ApeRAG, and one level-based reconcile per key.
+"""The engine: informers fill the cache, changes feed the work queue, one short reconcile per key.
 
-Why a queue of our own: a change to any child (drift, a Deployment's rollout progress) must trigger a
-reconcile of its *parent*, and kopf only calls handlers for the object whose event arrived. Child
-events therefore enqueue the owner's key; a key that is already queued is not queued twice, and a key
-that changes while it is being reconciled is reconciled once more afterwards.
+A reconcile reads the cache, decides (``reconcile.decide``, pure, with the contributors) and acts
+(applies, deletes, writes the status, posts Events). All I/O goes through ``kubeapi``.
+
+* Start-up barrier: no reconcile runs before every watched kind has been listed (and, for a namespace,
+  its Secrets), so a restarted operator sees every existing child and writes nothing that did not
+  change.
+* A change to a child wakes its owner (by owner reference, else by the instance label), after
+  ``child_delay`` seconds so that the burst of one rollout costs one reconcile.
+* A reconcile that fails is retried with exponential backoff; one that asks for it (a Job to poll, a
+  deadline) runs again after ``requeue_after``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from lightkube import ApiError, AsyncClient
-from lightkube.types import PatchType
-from pydantic import ValidationError
-
-from aperag_operator import kube
-from aperag_operator.builders.children import CHILD_KINDS, WORKLOAD_KINDS, key
-from aperag_operator.builders.common import FIELD_MANAGER, Instance, Obj
+from aperag_operator.builders.common import Instance, Obj
 from aperag_operator.builders.deployment import enabled_components
 from aperag_operator.builders.deployment import name as deployment_name
-from aperag_operator.reconcile import (
-    Hooks,
-    ObjKey,
-    all_desired,
-    is_paused,
-    missing_secrets,
-    parse_instance,
-    plan,
-    secret_references,
+from aperag_operator.cache import (
+    ALL,
+    INSTANCE_LABEL,
+    Cache,
+    Change,
+    KindState,
+    ParentKey,
+    is_ours,
+    parent_of,
+    strip_secret,
 )
-from aperag_operator.spec.model import API_GROUP, API_VERSION, KIND, parse_spec
+from aperag_operator.contributors.base import Contributor, EventSpec, ordered
+from aperag_operator.diff import list_repair_patch
+from aperag_operator.field_paths import describe
+from aperag_operator.health import Health
+from aperag_operator.informer import Informer
+from aperag_operator.kinds import (
+    APERAG,
+    CORE_CHILD_KINDS,
+    DEPLOYMENT,
+    KNOWN_KINDS,
+    SECRET,
+    WORKLOAD_KINDS,
+    Kind,
+    ObjKey,
+    key,
+    kind_of,
+)
+from aperag_operator.kubeapi import ApiFailure, Failure, KubeApi
+from aperag_operator.reconcile import Decision, decide, secret_references
 from aperag_operator.status import ComponentState, Problem, component_state, compute_status, transitions
+from aperag_operator.workqueue import WorkQueue
 
 log = logging.getLogger("aperag_operator")
 
-ParentKey = tuple[str, str]  # (namespace, name)
-APERAG_API_VERSION = f"{API_GROUP}/{API_VERSION}"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
-def _rv(obj: Obj | None) -> int:
-    try:
-        return int(((obj or {}).get("metadata") or {}).get("resourceVersion", 0))
-    except (TypeError, ValueError):
-        return 0
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _spec_changed(previous: Obj | None, current: Obj) -> bool:
+    """Whether an ApeRAG event asks for a reconcile: anything but the status (which the operator wrote
+    itself) and the bookkeeping metadata."""
+    if previous is None:
+        return True
+    a, b = previous.get("metadata") or {}, current.get("metadata") or {}
+    return any(a.get(f) != b.get(f) for f in ("uid", "generation", "labels", "annotations", "deletionTimestamp"))
 
 
-def owner_of(obj: Obj) -> ParentKey | None:
-    meta = obj.get("metadata") or {}
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{API_GROUP}/"):
-            return (meta.get("namespace", ""), ref["name"])
-    return None
+class CacheView:
+    """The contributors' read-only view of the cache for one ApeRAG (``contributors.base.Observed``)."""
 
+    def __init__(self, cache: Cache, namespace: str, name: str, uid: str) -> None:
+        self.cache = cache
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid
 
-class Cache:
-    """Latest known state of every watched object, by (apiVersion/kind, namespace, name).
+    def get(self, kind: Kind, name: str) -> Obj | None:
+        return self.cache.get((kind.type_path, self.namespace, name))
 
-    Fed by watch events and by the responses of our own writes; an older resourceVersion never replaces
-    a newer one (resourceVersions are etcd revisions here; see docs/design.md)."""
+    def owned(self, kind: Kind) -> list[Obj]:
+        return self.cache.owned(self.uid, [kind.type_path])
 
-    def __init__(self) -> None:
-        self.objects: dict[ObjKey, Obj] = {}
-        self.by_owner: dict[str, set[ObjKey]] = {}
+    def labeled(self, kind: Kind) -> list[Obj]:
+        return [
+            obj
+            for obj in self.cache.objects(kind.type_path, self.namespace)
+            if ((obj.get("metadata") or {}).get("labels") or {}).get(INSTANCE_LABEL) == self.name
+            and parent_of(obj) == (self.namespace, self.name)
+        ]
 
-    def put(self, obj: Obj) -> None:
-        k = key(obj)
-        old = self.objects.get(k)
-        if old is not None and _rv(old) > _rv(obj) > 0:
-            return
-        self._unindex(k)
-        self.objects[k] = obj
-        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-            if ref.get("uid"):
-                self.by_owner.setdefault(ref["uid"], set()).add(k)
+    def state(self, kind: Kind) -> KindState:
+        return self.cache.state(kind.type_path, self.namespace)
 
-    def remove(self, k: ObjKey) -> None:
-        self._unindex(k)
-        self.objects.pop(k, None)
-
-    def _unindex(self, k: ObjKey) -> None:
-        old = self.objects.get(k)
-        for ref in ((old or {}).get("metadata") or {}).get("ownerReferences") or []:
-            self.by_owner.get(ref.get("uid", ""), set()).discard(k)
-
-    def get(self, k: ObjKey) -> Obj | None:
-        return self.objects.get(k)
-
-    def owned(self, uid: str, kinds: Iterable[str]) -> list[Obj]:
-        wanted = set(kinds)
-        return [self.objects[k] for k in sorted(self.by_owner.get(uid, set())) if k in self.objects and k[0] in wanted]
+    def secret_keys(self, name: str) -> frozenset[str] | None:
+        secret = self.cache.get((SECRET.type_path, self.namespace, name))
+        if secret is None:
+            return None
+        return frozenset(secret.get("data") or {})
 
 
 class Controller:
-    """Owns the lightkube client, the cache and the work queue."""
-
     def __init__(
-        self, client: AsyncClient, *, hooks: Hooks | None = None, workers: int = 8, child_delay: float = 0.2
+        self,
+        api: KubeApi,
+        contributors: Sequence[Contributor],
+        *,
+        namespaces: Sequence[str] = (),
+        workers: int = 8,
+        child_delay: float = 0.2,
+        resync_interval: float = 60.0,
+        relist_interval: float = 600.0,
+        watch_timeout: int = 60,
+        health: Health | None = None,
     ) -> None:
-        self.client = client
-        self.hooks = hooks or Hooks()
+        self.api = api
+        self.contributors = ordered(list(contributors))
+        #: Watched namespaces; empty means the whole cluster.
+        self.namespaces = tuple(namespaces)
         self.cache = Cache()
-        self.parents: dict[ParentKey, Obj] = {}
-        #: Secret (namespace, name) -> parents referencing it, so a Secret appearing wakes them up.
-        self.secret_refs: dict[tuple[str, str], set[ParentKey]] = {}
-        self.queue: asyncio.Queue[ParentKey] = asyncio.Queue()
-        self._queued: set[ParentKey] = set()
-        self._running: set[ParentKey] = set()
-        self._dirty: set[ParentKey] = set()
-        self._delayed: set[ParentKey] = set()
+        self.queue: WorkQueue[ParentKey] = WorkQueue()
+        self.health = health or Health()
+        self.workers = workers
         self.child_delay = child_delay
-        self._workers: list[asyncio.Task[None]] = []
-        self._n_workers = workers
-        self.kinds = tuple(f"{av}/{k}" for av, k in (*CHILD_KINDS, *self.hooks.extra_kinds))
+        self.resync_interval = resync_interval
+        self.relist_interval = relist_interval
+        self.watch_timeout = watch_timeout
+        # Built once, from the final contributors: what is watched, and what is pruned.
+        self.pruned_kinds: tuple[Kind, ...] = (
+            *CORE_CHILD_KINDS,
+            *(k for c in self.contributors for k in c.owned_kinds),
+        )
+        self.watched_kinds: tuple[Kind, ...] = tuple(
+            dict.fromkeys((*self.pruned_kinds, *(k for c in self.contributors for k in c.watched_kinds)))
+        )
+        self.informers: dict[tuple[str, str], Informer] = {}
+        #: Secret (namespace, name) -> ApeRAGs referencing it, so a Secret appearing wakes them up.
+        self.secret_refs: dict[tuple[str, str], set[ParentKey]] = {}
+        self._refs_by_parent: dict[ParentKey, set[tuple[str, str]]] = {}
+        self._delayed: set[ParentKey] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = asyncio.Event()
+        self._state_changed = asyncio.Event()
         self.reconciles = 0
         self.instance = os.environ.get("HOSTNAME") or socket.gethostname()
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self.namespaces or (ALL,)
+
     def start(self) -> None:
-        for i in range(self._n_workers):
-            self._workers.append(asyncio.create_task(self._worker(), name=f"aperag-reconcile-{i}"))
+        """Starts the informers, then (once they have all listed) the workers and the resync."""
+        for scope in self.scopes:
+            self._start_informer(APERAG, scope)
+            for kind in self.watched_kinds:
+                self._start_informer(kind, scope, keep=is_ours)
+        self._tasks.append(asyncio.create_task(self._run(), name="aperag-engine"))
+
+    async def _run(self) -> None:
+        await self._wait_synced()
+        log.info(
+            "every watched kind is listed; reconciling",
+            extra={"kinds": [str(k) for k in self.watched_kinds], "scopes": list(self.scopes)},
+        )
+        self.health.synced = True
+        self._started.set()
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"aperag-reconcile-{i}"))
+        self.resync()
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            self.resync()
+
+    def _all_listed(self) -> bool:
+        return all(inf.state.synced for inf in self.informers.values() if inf.kind is not SECRET)
+
+    async def _wait_synced(self) -> None:
+        while not self._all_listed():
+            self._state_changed.clear()
+            await self._state_changed.wait()
+
+    async def started(self) -> None:
+        await self._started.wait()
 
     async def stop(self) -> None:
-        for task in self._workers:
+        for task in self._tasks:
             task.cancel()
-        for task in self._workers:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._workers.clear()
+        self._tasks.clear()
+        for informer in list(self.informers.values()):
+            await informer.stop()
+        self.informers.clear()
+        self.queue.close()
+
+    def _start_informer(self, kind: Kind, scope: str, **options: object) -> None:
+        informer = Informer(
+            self.api,
+            self.cache,
+            kind,
+            scope,
+            on_changes=self._on_changes,
+            on_state=self._on_state,
+            server_timeout=self.watch_timeout,
+            relist_interval=self.relist_interval,
+            **options,  # type: ignore[arg-type]
+        )
+        self.informers[(kind.type_path, scope)] = informer
+        informer.start()
 
     # --- events in -----------------------------------------------------------------------------------
 
-    def on_parent_event(self, event_type: str | None, obj: Obj) -> None:
-        meta = obj.get("metadata") or {}
-        pk = (meta.get("namespace", ""), meta.get("name", ""))
-        if event_type == "DELETED":
-            self.parents.pop(pk, None)
+    def parents(self, namespace: str | None = None) -> list[ParentKey]:
+        return [
+            (o["metadata"]["namespace"], o["metadata"]["name"]) for o in self.cache.objects(APERAG.type_path, namespace)
+        ]
+
+    def _on_changes(self, kind: Kind, changes: list[Change]) -> None:
+        if kind is APERAG:
+            for change in changes:
+                self._on_parent(change)
+            return
+        if kind is SECRET:
+            for change in changes:
+                meta = change.obj["metadata"]
+                for parent in self.secret_refs.get((meta["namespace"], meta["name"]), set()):
+                    self.enqueue_soon(parent)
+            return
+        for change in changes:
+            owner = parent_of(change.obj)
+            if owner is not None and self.cache.get((APERAG.type_path, *owner)) is not None:
+                self.enqueue_soon(owner)
+
+    def _on_parent(self, change: Change) -> None:
+        meta = change.obj["metadata"]
+        pk: ParentKey = (meta["namespace"], meta["name"])
+        if change.deleted:
+            self.queue.discard(pk)
             self._forget_secret_refs(pk)
-            self.hooks.forget(*pk)
+            self._maybe_stop_secret_informer(pk[0])
             return
-        old = self.parents.get(pk)
-        if old is not None and _rv(old) > _rv(obj) > 0:
+        self._ensure_secret_informer(pk[0])
+        if _spec_changed(change.previous, change.obj):
+            self.queue.add(pk)
+
+    def _on_state(self, kind: Kind, scope: str, state: KindState) -> None:
+        """A kind became listed, installed or uninstalled: every ApeRAG that could see it may decide
+        differently now (KubeBlocks installed after the operator started, a namespace's Secrets listed)."""
+        self._state_changed.set()
+        if not self._started.is_set():
             return
-        self.parents[pk] = obj
-        self.enqueue(pk)
+        for pk in self.parents(None if scope == ALL else scope):
+            self.queue.add(pk)
 
-    def on_child_event(self, event_type: str | None, obj: Obj) -> None:
-        if event_type == "DELETED":
-            self.cache.remove(key(obj))
-        else:
-            self.cache.put(obj)
-        parent = owner_of(obj)
-        if parent is not None and parent in self.parents:
-            self.enqueue_soon(parent)
+    def _ensure_secret_informer(self, namespace: str) -> None:
+        """Secrets are watched only in namespaces that hold an ApeRAG, and kept without their values."""
+        if (SECRET.type_path, namespace) not in self.informers:
+            self._start_informer(SECRET, namespace, transform=strip_secret)
 
-    def on_instance_labeled_event(self, event_type: str | None, obj: Obj) -> None:
-        """An object that belongs to an ApeRAG by its ``app.kubernetes.io/instance`` label rather than an
-        owner reference (e.g. a KubeBlocks Cluster kept under the Retain policy): cache it, wake the owner."""
-        if event_type == "DELETED":
-            self.cache.remove(key(obj))
-        else:
-            self.cache.put(obj)
-        meta = obj.get("metadata") or {}
-        instance = (meta.get("labels") or {}).get(INSTANCE_LABEL)
-        parent = (meta.get("namespace", ""), instance) if instance else None
-        if parent is not None and parent in self.parents:
-            self.enqueue_soon(parent)
-
-    def on_secret_event(self, obj: Obj) -> None:
-        meta = obj.get("metadata") or {}
-        for parent in self.secret_refs.get((meta.get("namespace", ""), meta.get("name", "")), set()):
-            self.enqueue_soon(parent)
+    def _maybe_stop_secret_informer(self, namespace: str) -> None:
+        if self.parents(namespace):
+            return
+        informer = self.informers.pop((SECRET.type_path, namespace), None)
+        if informer is not None:
+            self._tasks.append(asyncio.create_task(informer.stop()))
+            for k in [key(s) for s in self.cache.objects(SECRET.type_path, namespace)]:
+                self.cache.remove(k)
 
     def enqueue_soon(self, pk: ParentKey) -> None:
         """Enqueue after ``child_delay`` seconds: the burst of child events of one rollout (or of our own
         applies) then costs one reconcile and one status write instead of one each."""
         if self.child_delay <= 0:
-            self.enqueue(pk)
+            self.queue.add(pk)
             return
         if pk in self._delayed:
             return
@@ -198,222 +294,200 @@ class Controller:
 
     def _fire(self, pk: ParentKey) -> None:
         self._delayed.discard(pk)
-        self.enqueue(pk)
+        self.queue.add(pk)
 
     def resync(self) -> None:
-        """Enqueue every known resource (the periodic safety net)."""
-        for pk in list(self.parents):
-            self.enqueue(pk)
+        """Enqueue every known ApeRAG (the periodic safety net)."""
+        for pk in self.parents():
+            self.queue.add(pk)
 
-    def enqueue(self, pk: ParentKey) -> None:
-        if pk in self._running:
-            self._dirty.add(pk)
-            return
-        if pk in self._queued:
-            return
-        self._queued.add(pk)
-        self.queue.put_nowait(pk)
+    # --- the workers ---------------------------------------------------------------------------------
 
     async def _worker(self) -> None:
         while True:
             pk = await self.queue.get()
-            self._queued.discard(pk)
-            self._running.add(pk)
             try:
-                await self.reconcile(pk)
+                requeue_after = await self.reconcile(pk)
             except asyncio.CancelledError:
                 raise
+            except ApiFailure as failure:
+                delay = self.queue.add_rate_limited(pk)
+                log.warning("reconcile of %s/%s failed: %s; retrying in %.1fs", *pk, failure, delay)
             except Exception:
-                log.exception("reconcile of %s/%s failed", *pk)
+                delay = self.queue.add_rate_limited(pk)
+                log.exception("reconcile of %s/%s failed; retrying in %.1fs", *pk, delay)
+            else:
+                self.queue.forget(pk)
+                if requeue_after is not None:
+                    self.queue.add_after(pk, requeue_after)
             finally:
-                self._running.discard(pk)
-                if pk in self._dirty:
-                    self._dirty.discard(pk)
-                    self.enqueue(pk)
-
-    def idle(self) -> bool:
-        return not self._queued and not self._running
+                self.queue.done(pk)
 
     # --- the reconcile -------------------------------------------------------------------------------
 
-    async def reconcile(self, pk: ParentKey) -> None:
-        body = self.parents.get(pk)
-        if body is None:
-            return
+    async def reconcile(self, pk: ParentKey) -> float | None:
+        """One reconcile; returns when to run again (None: when something changes)."""
+        body = self.cache.get((APERAG.type_path, *pk))
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None  # children go through garbage collection
+        namespace = pk[0]
+        if not self.cache.synced([SECRET.type_path, *(k.type_path for k in self.watched_kinds)], namespace):
+            return None  # the namespace's Secrets are still being listed; their listing enqueues it again
         self.reconciles += 1
-        namespace, _name = pk
         meta = body["metadata"]
-        if meta.get("deletionTimestamp"):
-            return  # children go through garbage collection
-        generation = int(meta.get("generation", 1))
-        paused = is_paused(body)
-        problems: list[Problem] = []
+        view = CacheView(self.cache, namespace, meta["name"], meta["uid"])
+        decision = decide(body, view, self.contributors, self.cache.get, self._prunable, _now())
+        if decision.instance is not None:
+            self._remember_secret_refs(pk, decision.instance)
+        problems = list(decision.problems)
         created: list[str] = []
-        try:
-            spec = parse_spec(body.get("spec") or {})
-        except ValidationError as err:
-            problems.append(Problem("InvalidSpec", _validation_message(err)))
-            await self._write_status(body, generation, None, {}, problems, paused, created)
-            return
-        inst = parse_instance(body, spec)
-        self._remember_secret_refs(pk, inst)
-        problems += await missing_secrets(namespace, spec, self._read_secret)
-        if self.hooks.gates is not None:
-            problems += await self.hooks.gates(inst, self.cache.get)
-        blocked = any(p.blocks_workloads for p in problems)
-        desired = all_desired(inst, self.hooks)
-        owned = self.cache.owned(inst.uid, self.kinds)
-        todo = plan(desired, self.cache.get, owned, workloads_blocked=blocked)
-        if not paused:
-            # Two waves, each concurrent: everything the pods need (ServiceAccount, ConfigMap, PVC,
-            # Services, extra children such as databases) first, then the workloads.
-            first = [o for o in todo.apply if o["kind"] not in WORKLOAD_KINDS]
-            second = [o for o in todo.apply if o["kind"] in WORKLOAD_KINDS]
-            for wave in (first, second):
-                outcomes = await asyncio.gather(*(self._apply_tracked(o) for o in wave))
-                for obj, existed, error in outcomes:
-                    child = f"{obj['kind']} {obj['metadata']['name']}"
-                    if error is not None:
-                        problems.append(Problem("ApplyFailed", f"{child}: {error}", False))
+        retry = False
+        todo = decision.plan
+        if not decision.paused:
+            # Two waves, each concurrent: everything the pods need first, then the workloads.
+            waves = (
+                [o for o in todo.apply if o["kind"] not in WORKLOAD_KINDS],
+                [o for o in todo.apply if o["kind"] in WORKLOAD_KINDS],
+            )
+            for wave in waves:
+                for obj, existed, failure in await asyncio.gather(*(self._apply(o) for o in wave)):
+                    if failure is not None:
+                        retry = retry or failure.retryable
+                        problems.append(Problem("ApplyFailed", describe(obj, failure.causes, failure.message), False))
                     elif not existed:
-                        created.append(child)
-            await asyncio.gather(*(self._delete(k) for k in todo.delete))
-        await self._write_status(body, generation, inst, self._components(inst), problems, paused, created)
-        done = len(todo.apply) + len(todo.delete) if not paused else 0
+                        created.append(f"{obj['kind']} {obj['metadata']['name']}")
+            for k, failure in zip(
+                todo.delete, await asyncio.gather(*(self._delete(k) for k in todo.delete)), strict=True
+            ):
+                if failure is not None:
+                    retry = retry or failure.retryable
+                    problems.append(Problem("DeleteFailed", f"{k[0].rpartition('/')[2]} {k[2]}: {failure}", False))
+        events: list[EventSpec] = [e for c in decision.contributions.values() for e in c.events]
+        if created:
+            events.insert(0, ("Normal", "Created", "created " + ", ".join(created)))
+        await self._write_status(body, decision, problems, events)
+        done = 0 if decision.paused else len(todo.apply) + len(todo.delete)
         log.log(
-            logging.INFO if done else logging.DEBUG,
+            logging.INFO if done or problems else logging.DEBUG,
             "reconciled %s/%s: applied=%d deleted=%d held_back=%d problems=%d paused=%s",
             namespace,
-            inst.name,
-            0 if paused else len(todo.apply),
-            0 if paused else len(todo.delete),
+            meta["name"],
+            0 if decision.paused else len(todo.apply),
+            0 if decision.paused else len(todo.delete),
             len(todo.held_back),
             len(problems),
-            paused,
+            decision.paused,
         )
+        if retry:
+            raise ApiFailure(Failure.SERVER_ERROR, 0, "an apply failed on the server side")
+        return decision.requeue_after
+
+    def _prunable(self, inst: Instance) -> list[Obj]:
+        return self.cache.owned(inst.uid, [k.type_path for k in self.pruned_kinds])
 
     def _components(self, inst: Instance) -> dict[str, ComponentState]:
         states: dict[str, ComponentState] = {}
         for component in enabled_components(inst):
-            dep = self.cache.get(("apps/v1/Deployment", inst.namespace, deployment_name(inst, component)))
+            dep = self.cache.get((DEPLOYMENT.type_path, inst.namespace, deployment_name(inst, component)))
             spec_replicas = 1 if component == "beat" else getattr(inst.spec.components, component).replicas
             states[component] = component_state(spec_replicas, dep)
         return states
 
     async def _write_status(
-        self,
-        body: Obj,
-        generation: int,
-        inst: Instance | None,
-        components: dict[str, ComponentState],
-        problems: list[Problem],
-        paused: bool,
-        created: list[str],
+        self, body: Obj, decision: Decision, problems: list[Problem], events: list[EventSpec]
     ) -> None:
         old = body.get("status") or {}
-        version = inst.spec.version if inst else str((body.get("spec") or {}).get("version", ""))
-        extra = self.hooks.extra_status(inst, self.cache.get) if (inst and self.hooks.extra_status) else None
+        meta = body["metadata"]
+        inst = decision.instance
+        extra: Obj = {}
+        conditions: list[Obj] = []
+        for contribution in decision.contributions.values():
+            extra.update(contribution.status)
+            conditions.extend(contribution.conditions)
+        if conditions:
+            extra["conditions"] = conditions
         new = compute_status(
-            generation=generation,
-            version=version,
+            generation=int(meta.get("generation", 1)),
+            version=inst.spec.version if inst else str((body.get("spec") or {}).get("version", "")),
             previous=old,
-            components=components,
+            components=self._components(inst) if inst else {},
             problems=problems,
-            paused=paused,
-            now=_now(),
+            paused=decision.paused,
+            now=_stamp(_now()),
             extra=extra,
         )
-        if created:
-            await self._event(body, "Normal", "Created", "created " + ", ".join(created))
+        for etype, reason, message in events:
+            await self._event(body, etype, reason, message)
         if new == old:
             return
-        meta = body["metadata"]
         patch = {
-            "apiVersion": APERAG_API_VERSION,
-            "kind": KIND,
+            "apiVersion": APERAG.api_version,
+            "kind": APERAG.kind,
             "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
             "status": new,
         }
-        try:
-            result = await self.client.patch(
-                kube.aperag_class().Status,
-                meta["name"],
-                patch,
-                namespace=meta["namespace"],
-                patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER,
-                force=True,
-            )
-        except ApiError as err:
-            if err.status.code == 404:
-                return
-            raise
-        updated = kube.to_dict(result)
-        pk = (meta["namespace"], meta["name"])
-        current = self.parents.get(pk)
-        if current is not None and _rv(updated) >= _rv(current):
-            self.parents[pk] = updated
+        updated = await self.api.apply_status(patch)
+        if updated is None:
+            return  # deleted meanwhile
+        self.cache.put(updated)
         for etype, reason, message in transitions(old, new):
             await self._event(body, etype, reason, message)
 
-    # --- I/O -----------------------------------------------------------------------------------------
+    # --- acting --------------------------------------------------------------------------------------
 
-    async def _apply_tracked(self, obj: Obj) -> tuple[Obj, bool, str | None]:
-        """Apply one child and put the result in the cache: (desired, existed before, error)."""
-        existed = self.cache.get(key(obj)) is not None
+    async def _apply(self, obj: Obj) -> tuple[Obj, bool, ApiFailure | None]:
+        """Applies one child and puts the result in the cache: (desired, existed before, failure)."""
+        observed = self.cache.get(key(obj))
         try:
-            applied = await self._apply(obj)
-        except ApiError as err:
-            return obj, existed, str(err.status.message)
+            applied = await self.api.apply(obj)
+        except ApiFailure as failure:
+            if failure.kind is not Failure.INVALID or observed is None:
+                return obj, observed is not None, failure
+            repair = list_repair_patch(obj, observed)
+            if repair is None:
+                return obj, True, failure
+            # Drift in a list merged by a key other than the name (a Service port edited by hand):
+            # put the lists back whole, then apply again.
+            log.info(
+                "%s %s/%s: replacing drifted lists %s",
+                obj["kind"],
+                obj["metadata"]["namespace"],
+                obj["metadata"]["name"],
+                sorted(k for k in repair if k != "metadata"),
+            )
+            try:
+                self.cache.put(
+                    await self.api.merge_patch(
+                        kind_of(obj), obj["metadata"]["namespace"], obj["metadata"]["name"], repair
+                    )
+                )
+                applied = await self.api.apply(obj)
+            except ApiFailure as second:
+                return obj, True, second
         self.cache.put(applied)
-        return obj, existed, None
+        return obj, observed is not None, None
 
-    async def _apply(self, obj: Obj) -> Obj:
-        cls = kube.resource_class(obj["apiVersion"], obj["kind"])
-        meta = obj["metadata"]
-        log.debug("applying %s %s/%s", obj["kind"], meta["namespace"], meta["name"])
-        result = await self.client.patch(
-            cls,
-            meta["name"],
-            copy.deepcopy(obj),
-            namespace=meta["namespace"],
-            patch_type=PatchType.APPLY,
-            field_manager=FIELD_MANAGER,
-            force=True,
-        )
-        return kube.to_dict(result)
-
-    async def _delete(self, k: ObjKey) -> None:
+    async def _delete(self, k: ObjKey) -> ApiFailure | None:
         type_path, namespace, name = k
-        api_version, _, kind = type_path.rpartition("/")
-        cls = kube.resource_class(api_version, kind)
-        log.info("deleting %s %s/%s (no longer desired)", kind, namespace, name)
+        kind = KNOWN_KINDS[type_path]
+        log.info("deleting %s %s/%s (no longer desired)", kind.kind, namespace, name)
         try:
-            await self.client.delete(cls, name, namespace=namespace)
-        except ApiError as err:
-            if err.status.code != 404:
-                raise
+            await self.api.delete(kind, namespace, name)
+        except ApiFailure as failure:
+            return failure
         self.cache.remove(k)
-
-    async def _read_secret(self, namespace: str, name: str) -> Obj | None:
-        try:
-            result = await self.client.get(kube.resource_class("v1", "Secret"), name, namespace=namespace)
-        except ApiError as err:
-            if err.status.code == 404:
-                return None
-            raise
-        return kube.to_dict(result)
+        return None
 
     async def _event(self, body: Obj, etype: str, reason: str, message: str) -> None:
         meta = body["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": APERAG_API_VERSION,
-                "kind": KIND,
+                "apiVersion": APERAG.api_version,
+                "kind": APERAG.kind,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),
@@ -421,34 +495,51 @@ class Controller:
             "type": etype,
             "reason": reason,
             "message": message[:1024],
-            "source": {"component": FIELD_MANAGER},
-            "reportingComponent": FIELD_MANAGER,
+            "source": {"component": "aperag-operator"},
+            "reportingComponent": "aperag-operator",
             "reportingInstance": self.instance,
-            "firstTimestamp": now[:19] + "Z",
-            "lastTimestamp": now[:19] + "Z",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "count": 1,
         }
-        cls = kube.resource_class("v1", "Event")
         try:
-            await self.client.create(cls.from_dict(event))
-        except ApiError as err:  # events are best effort
-            log.warning("could not post event %s: %s", reason, err.status.message)
+            await self.api.create(event)
+        except ApiFailure as failure:  # events are best effort
+            log.warning("could not post event %s: %s", reason, failure)
         log.info("%s/%s: %s %s: %s", meta["namespace"], meta["name"], etype, reason, message)
 
+    # --- Secrets that wake a resource up -------------------------------------------------------------
+
     def _remember_secret_refs(self, pk: ParentKey, inst: Instance) -> None:
+        names = {ref.name for ref in secret_references(inst.spec)}
+        for contributor in self.contributors:
+            names |= contributor.secret_names(inst)
+        wanted = {(inst.namespace, n) for n in names}
+        if wanted == self._refs_by_parent.get(pk):
+            return
         self._forget_secret_refs(pk)
-        names = {ref.name for ref in secret_references(inst.spec)} | set(self.hooks.secret_names(inst))
-        for secret_name in names:
-            self.secret_refs.setdefault((inst.namespace, secret_name), set()).add(pk)
+        for ref in wanted:
+            self.secret_refs.setdefault(ref, set()).add(pk)
+        self._refs_by_parent[pk] = wanted
 
     def _forget_secret_refs(self, pk: ParentKey) -> None:
-        for parents in self.secret_refs.values():
-            parents.discard(pk)
+        for ref in self._refs_by_parent.pop(pk, set()):
+            parents = self.secret_refs.get(ref)
+            if parents is not None:
+                parents.discard(pk)
+                if not parents:
+                    del self.secret_refs[ref]
 
 
-def _validation_message(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:5]:
-        loc = ".".join(str(p) for p in e["loc"])
-        parts.append(f"spec.{loc}: {e['msg']}")
-    return "; ".join(parts)
+def contact_details(ctl: Controller) -> dict[str, object]:
+    """What the health endpoints add to their report."""
+    return {"queue": ctl.queue.depth(), "reconciles": ctl.reconciles}
+
+
+def all_kinds(contributors: Iterable[Contributor]) -> list[Kind]:
+    """Every kind the engine may watch with these contributors (for RBAC checks and docs)."""
+    return list(
+        dict.fromkeys(
+            (APERAG, SECRET, *CORE_CHILD_KINDS, *(k for c in contributors for k in (*c.owned_kinds, *c.watched_kinds)))
+        )
+    )

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema, to_jsonable_python
 
+from aperag_operator.builders.naming import longest_suffix, max_name_length
 from aperag_operator.spec.model import (
     API_GROUP,
     API_VERSION,
@@ -195,6 +196,8 @@ def build_crd() -> dict[str, Any]:
     status_schema = model_schema(ApeRAGStatus)
     spec_schema["description"] = "Desired state of the ApeRAG deployment."
     status_schema["description"] = "Observed state, written by the operator."
+    max_name = max_name_length()
+    longest_what, longest = longest_suffix()
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -248,9 +251,10 @@ def build_crd() -> dict[str, Any]:
                             "required": ["spec"],
                             "x-kubernetes-validations": [
                                 {
-                                    "rule": "size(self.metadata.name) <= 45",
-                                    "message": "metadata.name must be at most 45 characters: children are "
-                                    "named <name>-frontend and Service names are limited to 63",
+                                    "rule": f"size(self.metadata.name) <= {max_name}",
+                                    "message": f"metadata.name must be at most {max_name} characters: "
+                                    f"the longest name derived from it ({longest_what}) adds {longest} "
+                                    "and must fit in 63",
                                 }
                             ],
                             "properties": {

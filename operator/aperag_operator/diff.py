@@ -113,3 +113,37 @@ def needs_apply(desired: Obj, observed: Obj | None) -> bool:
     if spec_hash(desired) != spec_hash(observed):
         return True
     return not is_subset(desired, observed)
+
+
+def list_repair_patch(desired: Obj, observed: Obj) -> Obj | None:
+    """A JSON merge patch that puts back, whole, every list of ``desired`` (reached through maps only)
+    that ``observed`` no longer matches; None when there is none.
+
+    Server-side apply merges lists such as a Service's ports by a key other than the name (port and
+    protocol): a port edited by hand then stays beside the one applied again, and the API server refuses
+    the result (two ports named "http"). A merge patch replaces lists wholesale, so after it the apply
+    converges. Only used when an apply of a drifted child was refused.
+    """
+
+    def walk(want: Any, have: Any) -> Any:
+        if isinstance(want, dict) and isinstance(have, dict):
+            out = {}
+            for k, value in want.items():
+                if k in ("metadata", "status"):
+                    continue
+                part = walk(value, have.get(k))
+                if part is not None:
+                    out[k] = part
+            return out or None
+        if isinstance(want, list):
+            return None if is_subset(want, have) and len(want) == len(have or []) else want
+        return None
+
+    patch = walk(desired, observed)
+    if patch is None:
+        return None
+    rv = (observed.get("metadata") or {}).get("resourceVersion")
+    if rv:  # optimistic concurrency: refuse if the object changed since it was read
+        patch["metadata"] = {"resourceVersion": rv}
+    result: Obj = patch
+    return result

@@ -1,25 +1,25 @@
-"""Pure reconcile logic: what to apply, what to delete, what is blocked, and the seams for later issues.
+"""Pure reconcile logic: from the resource and what was observed, what to apply, delete and hold back.
 
-The controller (controller.py) does the I/O; everything here is a plain function of its inputs.
+The controller (controller.py) reads the cache and does the I/O; everything here is a plain function of
+its inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
-from aperag_operator.builders.children import WORKLOAD_KINDS, desired_children, key
-from aperag_operator.builders.common import Instance, Obj
+from pydantic import ValidationError
+
+from aperag_operator.builders.children import desired_children
+from aperag_operator.builders.common import PAUSED_ANNOTATION, Instance, Obj
+from aperag_operator.contributors.base import Context, Contribution, Contributor, Observed
 from aperag_operator.diff import needs_apply
-from aperag_operator.spec.model import ApeRAGSpec
+from aperag_operator.kinds import WORKLOAD_KINDS, ObjKey, key
+from aperag_operator.spec.model import ApeRAGSpec, parse_spec
 from aperag_operator.status import Problem
-
-ObjKey = tuple[str, str, str]
-
-
-class SecretReader(Protocol):
-    async def __call__(self, namespace: str, name: str) -> Obj | None: ...
 
 
 @dataclass(frozen=True)
@@ -52,58 +52,18 @@ def secret_references(spec: ApeRAGSpec) -> list[SecretRef]:
     return refs
 
 
-async def missing_secrets(namespace: str, spec: ApeRAGSpec, read: SecretReader) -> list[Problem]:
+def missing_secrets(spec: ApeRAGSpec, secret_keys: Callable[[str], frozenset[str] | None]) -> list[Problem]:
     """A Degraded problem for each referenced Secret or key that does not exist (names only, no values)."""
     problems: list[Problem] = []
-    seen: dict[str, Obj | None] = {}
     for ref in secret_references(spec):
-        if ref.name not in seen:
-            seen[ref.name] = await read(namespace, ref.name)
-        secret = seen[ref.name]
-        if secret is None:
+        keys = secret_keys(ref.name)
+        if keys is None:
+            problems.append(Problem("SecretNotFound", f"Secret {ref.name} (referenced by {ref.field}) not found"))
+        elif ref.key is not None and ref.key not in keys:
             problems.append(
-                Problem("SecretNotFound", f"Secret {ref.name} (referenced by {ref.field}) not found")
-            )
-        elif (
-            ref.key is not None
-            and ref.key not in (secret.get("data") or {})
-            and ref.key not in (secret.get("stringData") or {})
-        ):
-            problems.append(
-                Problem(
-                    "SecretKeyNotFound", f"Secret {ref.name} has no key {ref.key} (referenced by {ref.field})"
-                )
+                Problem("SecretKeyNotFound", f"Secret {ref.name} has no key {ref.key} (referenced by {ref.field})")
             )
     return problems
-
-
-@dataclass
-class Hooks:
-    """Seams for later issues (databases, upgrades). Every hook has a harmless default.
-
-    * ``database_env(inst)``: env vars (core/v1 EnvVar dicts) with the database connection settings,
-      passed to every app container (deployment.app_env).
-    * ``extra_children(inst)``: more desired objects (e.g. KubeBlocks Clusters), applied like the others,
-      before the app workloads.
-    * ``gates(inst, observed)``: problems that hold back the app workloads (e.g. DatabasesReady=False);
-      return them with ``blocks_workloads=True``.
-    * ``extra_status(inst, observed)``: keys merged into status (e.g. per-database state), plus extra
-      conditions under the key ``"conditions"`` appended after the core ones.
-    * ``extra_kinds``: (apiVersion, kind) of extra children, so that they are watched and pruned.
-    * ``secret_names(inst)``: more Secrets whose events wake the resource up.
-    * ``forget(namespace, name)``: the resource was deleted.
-    """
-
-    database_env: Callable[[Instance], list[Obj]] = lambda _inst: []
-    extra_children: Callable[[Instance], list[Obj]] = lambda _inst: []
-    gates: Callable[[Instance, Callable[[ObjKey], Obj | None]], Awaitable[list[Problem]]] | None = None
-    extra_status: Callable[[Instance, Callable[[ObjKey], Obj | None]], Obj] | None = None
-    extra_kinds: tuple[tuple[str, str], ...] = ()
-    #: Names of more Secrets (in the resource's namespace) whose appearance or change should trigger a
-    #: reconcile (e.g. the database credentials).
-    secret_names: Callable[[Instance], list[str]] = lambda _inst: []
-    #: Called with (namespace, name) when the resource is gone, to drop what the hooks remember of it.
-    forget: Callable[[str, str], None] = lambda _namespace, _name: None
 
 
 @dataclass
@@ -116,21 +76,18 @@ class Plan:
     desired: list[Obj] = field(default_factory=list)
 
 
-def all_desired(inst: Instance, hooks: Hooks) -> list[Obj]:
-    """Extra children (databases) first, then the core children."""
-    return [*hooks.extra_children(inst), *desired_children(inst, hooks.database_env(inst))]
-
-
 def plan(
-    desired: list[Obj],
+    desired: Sequence[Obj],
     observed: Callable[[ObjKey], Obj | None],
-    owned: list[Obj],
+    prunable: Sequence[Obj],
     *,
     workloads_blocked: bool,
+    deletions: Sequence[ObjKey] = (),
 ) -> Plan:
-    """Compare desired with observed: apply only what differs, delete owned children no longer desired,
-    hold back workloads while a gate is closed (without deleting anything that runs)."""
-    result = Plan(desired=desired)
+    """Compare desired with observed: apply only what differs, delete ``prunable`` children (owned, of
+    a pruned kind) no longer desired and the ``deletions`` contributors asked for, and hold back
+    workloads while a gate is closed (without deleting anything that runs)."""
+    result = Plan(desired=list(desired))
     wanted = {key(obj) for obj in desired}
     for obj in desired:
         if workloads_blocked and obj["kind"] in WORKLOAD_KINDS:
@@ -138,9 +95,12 @@ def plan(
             continue
         if needs_apply(obj, observed(key(obj))):
             result.apply.append(obj)
-    for obj in owned:
+    for obj in prunable:
         if key(obj) not in wanted:
             result.delete.append(key(obj))
+    for k in deletions:
+        if k not in wanted and k not in result.delete and observed(k) is not None:
+            result.delete.append(k)
     return result
 
 
@@ -156,7 +116,73 @@ def parse_instance(body: Obj, spec: ApeRAGSpec) -> Instance:
 
 
 def is_paused(body: Obj) -> bool:
-    from aperag_operator.builders.common import PAUSED_ANNOTATION
-
     annotations: dict[str, Any] = (body.get("metadata") or {}).get("annotations") or {}
     return str(annotations.get(PAUSED_ANNOTATION, "")).lower() == "true"
+
+
+def validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"spec.{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything one reconcile decided before acting."""
+
+    instance: Instance | None
+    paused: bool
+    #: Problems known before acting (invalid spec, missing Secrets, contributors' gates).
+    problems: tuple[Problem, ...]
+    plan: Plan
+    contributions: Mapping[str, Contribution]
+
+    @property
+    def requeue_after(self) -> float | None:
+        delays = [c.requeue_after for c in self.contributions.values() if c.requeue_after is not None]
+        return min(delays) if delays else None
+
+
+def decide(
+    body: Obj,
+    observed: Observed,
+    contributors: Sequence[Contributor],
+    observed_get: Callable[[ObjKey], Obj | None],
+    prunable: Callable[[Instance], Sequence[Obj]],
+    now: datetime,
+) -> Decision:
+    """The whole decision for one ApeRAG: parse, check, ask the contributors, assemble, plan."""
+    paused = is_paused(body)
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except ValidationError as err:
+        return Decision(None, paused, (Problem("InvalidSpec", validation_message(err)),), Plan(), {})
+    inst = parse_instance(body, spec)
+    prerequisites = tuple(missing_secrets(spec, observed.secret_keys))
+    context = Context(
+        instance=inst,
+        annotations=(body.get("metadata") or {}).get("annotations") or {},
+        status=body.get("status") or {},
+        paused=paused,
+        observed=observed,
+        now=now,
+        prerequisites=prerequisites,
+    )
+    contributions: dict[str, Contribution] = {}
+    for contributor in contributors:  # already ordered: each after those it requires
+        upstream = {name: contributions[name] for name in contributor.requires}
+        contributions[contributor.name] = contributor.contribute(context, upstream)
+    env = [var for c in contributions.values() for var in c.env]
+    desired = [obj for c in contributions.values() for obj in c.children]
+    desired += desired_children(inst, env)
+    problems = prerequisites + tuple(p for c in contributions.values() for p in c.problems)
+    result = plan(
+        desired,
+        observed_get,
+        prunable(inst),
+        workloads_blocked=any(p.blocks_workloads for p in problems),
+        deletions=[k for c in contributions.values() for k in c.deletions],
+    )
+    return Decision(inst, paused, problems, result, contributions)

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from aperag_operator.builders.naming import max_name_length
 
 from tests.e2e.conftest import apply_yaml
 from tests.harness.cluster import Cluster
@@ -100,8 +101,12 @@ def test_invalid_resource_is_rejected(
 
 
 def test_too_long_name_is_rejected(cluster: Cluster, aperag_crd: str, namespace: str) -> None:
-    result = apply_yaml(cluster, body("x" * 46, namespace, V), check=False)
-    assert result.returncode != 0 and "metadata.name must be at most 45 characters" in result.stderr
+    limit = max_name_length()
+    assert limit == 38  # 63 minus KubeBlocks' "-pg-postgresql-postgresql" Service suffix
+    result = apply_yaml(cluster, body("x" * (limit + 1), namespace, V), check=False)
+    assert result.returncode != 0 and f"metadata.name must be at most {limit} characters" in result.stderr
+    assert "KubeBlocks Service of postgresql" in result.stderr
+    apply_yaml(cluster, body("x" * limit, namespace, V))
 
 
 def test_valid_minimal_resource_gets_defaults(cluster: Cluster, aperag_crd: str, namespace: str) -> None:

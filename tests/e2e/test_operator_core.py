@@ -79,9 +79,7 @@ def writes(cluster: Cluster, ns: str, since: float) -> list[str]:
     ]
 
 
-async def test_minimal_resource_becomes_ready(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
-) -> None:
+async def test_minimal_resource_becomes_ready(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
     # The namespace enforces the restricted Pod Security Standard: pods that break it are refused.
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     # The resource's own instance label must not leak onto children.
@@ -107,17 +105,11 @@ async def test_minimal_resource_becomes_ready(
         ("Paused", "False"),
     ):
         c = cond(cluster, namespace, "rag", ctype)
-        assert (
-            c["status"] == expected
-            and c["observedGeneration"] == 1
-            and c["lastTransitionTime"]
-            and c["reason"]
-        )
+        assert c["status"] == expected and c["observedGeneration"] == 1 and c["lastTransitionTime"] and c["reason"]
 
     for kind, name in [
         ("serviceaccount", "rag"),
         ("configmap", "rag-config"),
-        ("persistentvolumeclaim", "rag-objects"),
         ("service", "rag-api"),
         ("service", "rag-frontend"),
         ("poddisruptionbudget", "rag-api"),
@@ -131,6 +123,11 @@ async def test_minimal_resource_becomes_ready(
         assert labels["app.kubernetes.io/managed-by"] == "aperag-operator"
         owner = obj["metadata"]["ownerReferences"][0]
         assert owner["kind"] == "ApeRAG" and owner["name"] == "rag" and owner["controller"] is True
+    # The documents volume is kept when the resource goes (deletionPolicy Retain): labelled, not owned.
+    claim = kget(cluster, namespace, "persistentvolumeclaim", "rag-objects")
+    assert claim is not None and "ownerReferences" not in claim["metadata"]
+    assert claim["metadata"]["labels"]["app.kubernetes.io/instance"] == "rag"
+    assert st["objectStorage"] == {"type": "local", "claim": "rag-objects", "deletionPolicy": "Retain"}
     beat = kget(cluster, namespace, "deployment", "rag-beat")
     assert beat is not None and beat["spec"]["strategy"]["type"] == "Recreate"
     assert (kget(cluster, namespace, "ingress", "rag")) is None
@@ -145,17 +142,13 @@ async def test_minimal_resource_becomes_ready(
     assert short == "aperag.aperag.io/rag"
 
     def reasons() -> set[str]:
-        evs = kget(cluster, namespace, "events", "--field-selector", "involvedObject.name=rag") or {
-            "items": []
-        }
+        evs = kget(cluster, namespace, "events", "--field-selector", "involvedObject.name=rag") or {"items": []}
         return {e["reason"] for e in evs["items"]}
 
     await wait_until(lambda: {"Created", "Ready"} <= reasons(), timeout=20, what="Created and Ready events")
 
 
-async def test_noop_resync_makes_no_writes(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
-) -> None:
+async def test_noop_resync_makes_no_writes(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
     apply_yaml(cluster, manifest("rag", namespace))
     await wait_ready(cluster, namespace, "rag")
     await wait_idle(operator, namespace, "rag", cycles=2)
@@ -254,9 +247,7 @@ async def test_missing_secret_degrades_without_removing(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     secret_env = {
-        "app": {
-            "env": [{"name": "LLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm", "key": "apiKey"}}}]
-        }
+        "app": {"env": [{"name": "LLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm", "key": "apiKey"}}}]}
     }
     # first install with the Secret missing: Degraded, no app workloads, the rest in place
     apply_yaml(cluster, manifest("rag", namespace, secret_env))
@@ -266,11 +257,7 @@ async def test_missing_secret_degrades_without_removing(
         what="Degraded SecretNotFound",
     )
     degraded = cond(cluster, namespace, "rag", "Degraded")
-    assert (
-        degraded["status"] == "True"
-        and "llm" in degraded["message"]
-        and "spec.app.env[0]" in degraded["message"]
-    )
+    assert degraded["status"] == "True" and "llm" in degraded["message"] and "spec.app.env[0]" in degraded["message"]
     assert cond(cluster, namespace, "rag", "Ready")["status"] == "False"
     assert status(cluster, namespace, "rag")["phase"] == "Degraded"
     assert kget(cluster, namespace, "deployment", "rag-api") is None
@@ -281,9 +268,7 @@ async def test_missing_secret_degrades_without_removing(
     await wait_ready(cluster, namespace, "rag")
 
     # a running instance pointed at another missing Secret: Degraded, and nothing that runs is removed
-    other = {
-        "app": {"env": [{"name": "LLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}]}
-    }
+    other = {"app": {"env": [{"name": "LLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}]}}
     apply_yaml(cluster, manifest("rag", namespace, other))
     await wait_until(
         lambda: cond(cluster, namespace, "rag", "Degraded").get("status") == "True",
@@ -295,17 +280,13 @@ async def test_missing_secret_degrades_without_removing(
         assert dep is not None and dep["status"].get("readyReplicas", 0) >= 1, c
 
     def reasons() -> set[str]:
-        evs = kget(cluster, namespace, "events", "--field-selector", "involvedObject.name=rag") or {
-            "items": []
-        }
+        evs = kget(cluster, namespace, "events", "--field-selector", "involvedObject.name=rag") or {"items": []}
         return {e["reason"] for e in evs["items"]}
 
     await wait_until(lambda: "SecretNotFound" in reasons(), timeout=20, what="SecretNotFound event")
 
 
-async def test_spec_changes_and_optional_children(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
-) -> None:
+async def test_spec_changes_and_optional_children(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
     apply_yaml(cluster, manifest("rag", namespace))
     await wait_ready(cluster, namespace, "rag")
     changed = {
@@ -336,7 +317,6 @@ async def test_spec_changes_and_optional_children(
             and kget(cluster, namespace, "deployment", "rag-flower") is not None
             and kget(cluster, namespace, "ingress", "rag") is not None
             and kget(cluster, namespace, "networkpolicy", "rag-app") is not None
-            and kget(cluster, namespace, "persistentvolumeclaim", "rag-objects") is None
         )
 
     await wait_until(converged, timeout=30, what="children follow the spec change")
@@ -349,6 +329,16 @@ async def test_spec_changes_and_optional_children(
         what="Ready at generation 2",
     )
     assert set(status(cluster, namespace, "rag")["components"]) == {"api", "worker", "beat", "flower"}
+    # The documents volume outlives the switch to S3 (deletionPolicy Retain), and the status says so.
+    claim = kget(cluster, namespace, "persistentvolumeclaim", "rag-objects")
+    assert claim is not None and claim["metadata"].get("deletionTimestamp") is None
+    storage = status(cluster, namespace, "rag")["objectStorage"]
+    assert storage["type"] == "s3" and storage["retainedClaim"] == "rag-objects"
+    assert "kept" in storage["message"]
+    api = kget(cluster, namespace, "deployment", "rag-api")
+    assert api is not None and not any(
+        v.get("persistentVolumeClaim") for v in api["spec"]["template"]["spec"]["volumes"]
+    )
 
 
 async def test_several_instances_and_garbage_collection(
@@ -361,9 +351,7 @@ async def test_several_instances_and_garbage_collection(
     one = kget(cluster, namespace, "deployment", "one-api")
     two = kget(cluster, namespace, "deployment", "two-api")
     assert one and two and one["spec"]["replicas"] == 2 and two["spec"]["replicas"] == 1
-    pods = kget(
-        cluster, namespace, "pods", "-l", "app.kubernetes.io/instance=two,app.kubernetes.io/component=api"
-    )
+    pods = kget(cluster, namespace, "pods", "-l", "app.kubernetes.io/instance=two,app.kubernetes.io/component=api")
     assert pods is not None and len(pods["items"]) == 1
 
     cluster.kubectl("delete", "-n", namespace, "aperag/one", "--wait=true", "--timeout=60s")
@@ -383,9 +371,7 @@ async def test_several_instances_and_garbage_collection(
     await wait_ready(cluster, namespace, "two")
 
 
-async def test_not_ready_pods_show_progress(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
-) -> None:
+async def test_not_ready_pods_show_progress(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
     spec = {"components": {"api": {"podLabels": {"kwok.aperag.io/never-ready": "true"}}}}
     apply_yaml(cluster, manifest("rag", namespace, spec))
 

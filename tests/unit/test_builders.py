@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aperag_operator.builders import deployment, ingress, network_policy, pvc
-from aperag_operator.builders.children import desired_children, key
+from aperag_operator.builders import deployment, ingress, network_policy, pvc, service_account
+from aperag_operator.builders.children import desired_children
 from aperag_operator.builders.common import SPEC_HASH_ANNOTATION
+from aperag_operator.contributors import default_contributors
+from aperag_operator.contributors.base import ordered
+from aperag_operator.kinds import key
+from aperag_operator.reconcile import decide
 
 from .helpers import instance
+from .observed import StaticObserved
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -39,21 +45,35 @@ FULL_SPEC: dict[str, Any] = {
 }
 
 
+def all_desired(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every child one reconcile wants for ``spec``: the core children and every contributor's."""
+    inst = instance(spec)
+    body = {
+        "metadata": {"name": inst.name, "namespace": inst.namespace, "uid": inst.uid, "generation": inst.generation},
+        "spec": {"version": "0.5.0", **spec},
+    }
+    decision = decide(body, StaticObserved(), ordered(default_contributors()), lambda k: None, lambda i: [],
+                      datetime(2026, 1, 1, tzinfo=UTC))  # fmt: skip
+    return decision.plan.desired
+
+
 @pytest.mark.parametrize("case,spec", [("minimal", {}), ("full", FULL_SPEC)])
 def test_golden(case: str, spec: dict[str, Any]) -> None:
-    objs = desired_children(instance(spec))
-    text = yaml.safe_dump_all(objs, sort_keys=True)
+    """The whole desired set against a reviewed file. A missing golden file fails: regenerating them is an
+    explicit command (`make golden`), whose diff is reviewed like code."""
+    text = yaml.safe_dump_all(all_desired(spec), sort_keys=True)
     path = GOLDEN / f"{case}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(text)
-    assert path.read_text() == text, f"golden file {path} differs; UPDATE_GOLDEN=1 to refresh after review"
+    assert path.exists(), f"golden file {path} is missing; `make golden` writes it (review the result)"
+    assert path.read_text() == text, f"golden file {path} differs; `make golden` refreshes it after review"
 
 
 def test_names_labels_and_owner() -> None:
     objs = desired_children(instance())
     names = {(o["kind"], o["metadata"]["name"]) for o in objs}
     assert ("Deployment", "demo-api") in names and ("Service", "demo-api") in names
-    assert ("Deployment", "demo-beat") in names and ("PersistentVolumeClaim", "demo-objects") in names
+    assert ("Deployment", "demo-beat") in names
     assert ("PodDisruptionBudget", "demo-api") in names and ("PodDisruptionBudget", "demo-worker") in names
     assert ("Ingress", "demo") not in names and ("Deployment", "demo-flower") not in names
     assert len({key(o) for o in objs}) == len(objs)
@@ -66,9 +86,23 @@ def test_names_labels_and_owner() -> None:
         assert labels["app.kubernetes.io/managed-by"] == "aperag-operator"
         assert labels["app.kubernetes.io/part-of"] == "aperag"
         assert labels["app.kubernetes.io/version"] == "0.5.0"
+        assert labels["app.kubernetes.io/component"]  # docs/api.md: every child says what it is
         ref = meta["ownerReferences"][0]
         assert ref["kind"] == "ApeRAG" and ref["controller"] is True and ref["uid"]
         assert SPEC_HASH_ANNOTATION in meta["annotations"]
+
+
+def test_service_account_says_what_it_is() -> None:
+    labels = service_account.build(instance())["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "service-account"
+
+
+def test_documents_volume_is_retained_unless_asked_otherwise() -> None:
+    kept = pvc.build(instance())
+    assert "ownerReferences" not in kept["metadata"]
+    assert kept["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "aperag-operator"
+    owned = pvc.build(instance({"objectStorage": {"local": {"deletionPolicy": "Delete"}}}))
+    assert owned["metadata"]["ownerReferences"][0]["kind"] == "ApeRAG"
 
 
 def _pod(obj: dict[str, Any]) -> dict[str, Any]:
@@ -152,8 +186,7 @@ def test_config_change_rolls_pods() -> None:
     b = deployment.build(other, "api", config_hash=deployment.config_hash(other))
     ann = "aperag.io/config-hash"
     assert (
-        a["spec"]["template"]["metadata"]["annotations"][ann]
-        != b["spec"]["template"]["metadata"]["annotations"][ann]
+        a["spec"]["template"]["metadata"]["annotations"][ann] != b["spec"]["template"]["metadata"]["annotations"][ann]
     )
 
 

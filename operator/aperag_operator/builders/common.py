@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aperag_operator.spec.model import API_GROUP, API_VERSION, KIND, ApeRAGSpec
@@ -42,9 +42,6 @@ class Instance:
     uid: str
     spec: ApeRAGSpec
     generation: int = 1
-    #: Extra environment variables for the app containers (the database connection env; the seam the
-    #: databases issue plugs into). Each item is a core/v1 EnvVar dict.
-    database_env: tuple[Obj, ...] = field(default_factory=tuple)
 
     @property
     def image_tag(self) -> str:

@@ -189,7 +189,8 @@ def _ports(component: str) -> list[Obj]:
 
 def _affinity(inst: Instance, component: str, spec: WorkloadSpec) -> Obj | None:
     if spec.affinity is not None:
-        return spec.affinity
+        affinity: Obj = spec.affinity.model_dump(by_alias=True, exclude_none=True)
+        return affinity
     return {
         "podAntiAffinity": {
             "preferredDuringSchedulingIgnoredDuringExecution": [

@@ -10,7 +10,7 @@ def build(inst: Instance) -> Obj:
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": metadata(inst, child_name(inst)),
+            "metadata": metadata(inst, child_name(inst), "service-account"),
             "automountServiceAccountToken": False,
         }
     )

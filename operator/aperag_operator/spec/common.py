@@ -63,9 +63,7 @@ IMAGE_REPOSITORY_PATTERN = rf"^{_DOMAIN}{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*
 #: An image tag ("0.5.0", "v1.2-rc.1").
 IMAGE_TAG_PATTERN = rf"^{_TAG}$"
 #: A full image reference: repository, then a tag, a digest, or both.
-IMAGE_REFERENCE_PATTERN = (
-    rf"^{_DOMAIN}{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$"
-)
+IMAGE_REFERENCE_PATTERN = rf"^{_DOMAIN}{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$"
 
 
 # --- the base model and CEL -------------------------------------------------------------------------------
@@ -93,3 +91,9 @@ def cel(rule: str, message: str, **more: str) -> JsonDict:
 def validations(*rules: JsonDict) -> dict[str, Any]:
     """``json_schema_extra`` carrying CEL rules; the CRD generator copies ``x-kubernetes-*`` keys through."""
     return {"x-kubernetes-validations": list(rules)}
+
+
+def keys_match(pattern: str, message: str) -> dict[str, Any]:
+    """``json_schema_extra`` for a map whose keys must match ``pattern`` (a CEL raw string, so the
+    pattern's backslashes reach RE2 as they are)."""
+    return validations(cel(f"self.all(k, k.matches(r'{pattern}'))", message))

@@ -41,8 +41,6 @@ def _major(service_version: str) -> str:
     return service_version.split(".", 1)[0]
 
 
-
-
 # --- building blocks -------------------------------------------------------------------------------------
 
 
@@ -115,8 +113,7 @@ class StorageSpec(Spec):
     )
     storage_class_name: Annotated[str, StringConstraints(max_length=253)] = Field(
         default="",
-        description="StorageClass of the data volumes; empty means the cluster's default StorageClass. "
-        "Immutable.",
+        description="StorageClass of the data volumes; empty means the cluster's default StorageClass. Immutable.",
     )
 
 
@@ -286,9 +283,7 @@ class ExternalQdrant(Spec):
     """A Qdrant server the operator does not manage."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
-            ("has(self.url) != has(self.urlSecretRef)", "set exactly one of url or urlSecretRef")
-        )
+        json_schema_extra=_cel(("has(self.url) != has(self.urlSecretRef)", "set exactly one of url or urlSecretRef"))
     )
 
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = Field(
@@ -376,9 +371,7 @@ class ElasticsearchSpec(_Database):
 
     model_config = ConfigDict(json_schema_extra=_cel(_ONE_OF, _NO_SWITCH))
 
-    managed: ManagedElasticsearch | None = Field(
-        default=None, description="Run Elasticsearch with KubeBlocks."
-    )
+    managed: ManagedElasticsearch | None = Field(default=None, description="Run Elasticsearch with KubeBlocks.")
     external: ExternalElasticsearch | None = Field(default=None, description="Use an existing Elasticsearch.")
 
 

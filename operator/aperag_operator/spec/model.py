@@ -12,16 +12,22 @@ renders ``crds/aperag.io_aperags.yaml`` from it. Conventions (see docs/design.md
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
+from aperag_operator.spec.affinity import Affinity, LabelKey, LabelValue
 from aperag_operator.spec.common import (
     DNS_SUBDOMAIN_PATTERN,
     ENV_NAME_PATTERN,
+    IMAGE_REFERENCE_PATTERN,
+    IMAGE_REPOSITORY_PATTERN,
+    IMAGE_TAG_PATTERN,
+    QUALIFIED_NAME_PATTERN,
     Quantity,
     Spec,
     cel,
+    keys_match,
     spec_config,
 )
 from aperag_operator.spec.databases import DatabasesSpec, DatabaseStatus
@@ -43,26 +49,32 @@ class ImageSpec(Spec):
     repository: str = Field(
         default="ghcr.io/apecloud/aperag",
         min_length=1,
+        max_length=255,
+        pattern=IMAGE_REPOSITORY_PATTERN,
         description="Image repository of the ApeRAG app (api, worker, beat, flower). "
         "The tag is spec.version unless spec.image.tag is set.",
     )
     frontend_repository: str = Field(
         default="ghcr.io/apecloud/aperag-frontend",
         min_length=1,
+        max_length=255,
+        pattern=IMAGE_REPOSITORY_PATTERN,
         description="Image repository of the web frontend; the tag is the same as the app's.",
     )
     tag: str | None = Field(
         default=None,
         min_length=1,
         max_length=128,
+        pattern=IMAGE_TAG_PATTERN,
         description="Overrides the image tag (defaults to spec.version). Use it for a patched build of "
         "the same version.",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="imagePullPolicy of every container."
     )
-    pull_secrets: list[str] = Field(
+    pull_secrets: list[Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]] = Field(
         default_factory=list,
+        max_length=16,
         description="Names of docker-registry Secrets in the namespace used to pull the images.",
     )
 
@@ -74,9 +86,7 @@ class ResourceList(Spec):
     """An amount of compute resources."""
 
     cpu: Quantity | None = Field(default=None, description="CPU, as a Kubernetes quantity (e.g. 500m, 2).")
-    memory: Quantity | None = Field(
-        default=None, description="Memory, as a Kubernetes quantity (e.g. 512Mi, 2Gi)."
-    )
+    memory: Quantity | None = Field(default=None, description="Memory, as a Kubernetes quantity (e.g. 512Mi, 2Gi).")
     ephemeral_storage: Quantity | None = Field(
         default=None,
         alias="ephemeral-storage",
@@ -97,15 +107,11 @@ class ResourceRequirements(Spec):
 class Toleration(Spec):
     """A Kubernetes toleration (same fields as core/v1 Toleration)."""
 
-    key: str | None = Field(
+    key: LabelKey | None = Field(
         default=None, description="Taint key the toleration applies to; empty matches all keys."
     )
-    operator: Literal["Exists", "Equal"] | None = Field(
-        default=None, description="Exists or Equal (default Equal)."
-    )
-    value: str | None = Field(
-        default=None, description="Taint value the toleration matches (operator Equal)."
-    )
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
+    value: LabelValue | None = Field(default=None, description="Taint value the toleration matches (operator Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
@@ -121,34 +127,43 @@ class WorkloadSpec(Spec):
     image: str | None = Field(
         default=None,
         min_length=1,
+        max_length=512,
+        pattern=IMAGE_REFERENCE_PATTERN,
         description="Full image reference for this component only (overrides spec.image and spec.version).",
     )
     resources: ResourceRequirements | None = Field(
         default=None,
         description="Requests and limits of the main container; defaults per component (docs/api.md).",
     )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pods must be scheduled on."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Node labels the pods must be scheduled on.",
+        json_schema_extra=keys_match(QUALIFIED_NAME_PATTERN, "nodeSelector keys must be valid label keys"),
     )
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the pods.")
-    affinity: dict[str, Any] | None = Field(
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Tolerations of the pods.")
+    affinity: Affinity | None = Field(
         default=None,
         description="A core/v1 Affinity for the pods. When omitted the operator adds a preferred (never "
         "required) anti-affinity spreading the pods over nodes.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     pod_annotations: dict[str, str] = Field(
-        default_factory=dict, description="Extra annotations on the pods (not on the Deployment)."
-    )
-    pod_labels: dict[str, str] = Field(
         default_factory=dict,
+        max_length=64,
+        description="Extra annotations on the pods (not on the Deployment).",
+        json_schema_extra=keys_match(QUALIFIED_NAME_PATTERN, "podAnnotations keys must be valid annotation keys"),
+    )
+    pod_labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
         description="Extra labels on the pods. app.kubernetes.io/* keys are reserved for the operator.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
                     "self.all(k, !k.startsWith('app.kubernetes.io/'))",
                     "app.kubernetes.io/* labels are set by the operator",
-                )
+                ),
+                cel(f"self.all(k, k.matches(r'{QUALIFIED_NAME_PATTERN}'))", "podLabels keys must be valid label keys"),
             ]
         },
     )
@@ -178,9 +193,7 @@ class BeatSpec(WorkloadSpec):
         }
     )
     enabled: bool = Field(default=True, description="Run the beat scheduler.")
-    replicas: int = Field(
-        default=1, ge=0, le=1000, description="Must be 1: two schedulers would run every task twice."
-    )
+    replicas: int = Field(default=1, ge=0, le=1000, description="Must be 1: two schedulers would run every task twice.")
 
 
 class FrontendSpec(WorkloadSpec):
@@ -202,13 +215,9 @@ class ComponentsSpec(Spec):
 
     api: ApiSpec = Field(default_factory=ApiSpec, description="The HTTP API.")
     worker: WorkerSpec = Field(default_factory=WorkerSpec, description="The ingestion workers.")
-    beat: BeatSpec = Field(
-        default_factory=BeatSpec, description="The periodic scheduler (exactly one replica)."
-    )
+    beat: BeatSpec = Field(default_factory=BeatSpec, description="The periodic scheduler (exactly one replica).")
     frontend: FrontendSpec = Field(default_factory=FrontendSpec, description="The web frontend.")
-    flower: FlowerSpec = Field(
-        default_factory=FlowerSpec, description="Flower (Celery monitoring), off by default."
-    )
+    flower: FlowerSpec = Field(default_factory=FlowerSpec, description="Flower (Celery monitoring), off by default.")
 
 
 # --- app configuration -------------------------------------------------------------------------------
@@ -235,9 +244,7 @@ class EnvVarSource(Spec):
             ]
         }
     )
-    secret_key_ref: KeySelector | None = Field(
-        default=None, description="A key of a Secret (use this for API keys)."
-    )
+    secret_key_ref: KeySelector | None = Field(default=None, description="A key of a Secret (use this for API keys).")
     config_map_key_ref: KeySelector | None = Field(default=None, description="A key of a ConfigMap.")
 
 
@@ -247,19 +254,13 @@ class EnvVar(Spec):
     model_config = spec_config(
         **{
             "x-kubernetes-validations": [
-                cel(
-                    "!(has(self.value) && has(self.valueFrom))", "value and valueFrom are mutually exclusive"
-                )
+                cel("!(has(self.value) && has(self.valueFrom))", "value and valueFrom are mutually exclusive")
             ]
         }
     )
     name: str = Field(..., pattern=ENV_NAME_PATTERN, description="Variable name.")
-    value: str | None = Field(
-        default=None, description="Literal value (do not put secrets here; use valueFrom)."
-    )
-    value_from: EnvVarSource | None = Field(
-        default=None, description="Take the value from a Secret or ConfigMap key."
-    )
+    value: str | None = Field(default=None, description="Literal value (do not put secrets here; use valueFrom).")
+    value_from: EnvVarSource | None = Field(default=None, description="Take the value from a Secret or ConfigMap key.")
 
 
 class ObjectRef(Spec):
@@ -284,9 +285,7 @@ class EnvFromSource(Spec):
     )
     prefix: str | None = Field(default=None, description="Prefix added to every variable name.")
     secret_ref: ObjectRef | None = Field(default=None, description="A Secret whose keys become variables.")
-    config_map_ref: ObjectRef | None = Field(
-        default=None, description="A ConfigMap whose keys become variables."
-    )
+    config_map_ref: ObjectRef | None = Field(default=None, description="A ConfigMap whose keys become variables.")
 
 
 class ApiKeysSecret(Spec):
@@ -305,9 +304,7 @@ class AppSpec(Spec):
         "requests without a key: set it for anything but a demo.",
     )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level of the app."
-    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level of the app.")
     config: dict[str, str] = Field(
         default_factory=dict,
         description="Non-secret settings (environment variable name to value), stored in the <name>-config "
@@ -334,18 +331,63 @@ class AppSpec(Spec):
 # --- object storage ----------------------------------------------------------------------------------
 
 
-class LocalObjectStorage(Spec):
-    """A PersistentVolumeClaim shared by the api and worker pods (ReadWriteMany)."""
+#: Where the app containers already mount something (the writable /tmp of the read-only root).
+RESERVED_MOUNT_PATHS = ("/tmp",)
 
-    size: Quantity = Field(default="10Gi", description="Requested size of the shared volume.")
+
+class LocalObjectStorage(Spec):
+    """A PersistentVolumeClaim ``<name>-objects`` shared by the api and worker pods (ReadWriteMany)."""
+
+    model_config = spec_config(
+        **{
+            "x-kubernetes-validations": [
+                cel(
+                    "quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0",
+                    "size cannot shrink: a volume can only be expanded",
+                    fieldPath=".size",
+                ),
+                cel(
+                    "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                    "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+                    "storageClassName is immutable: the volume cannot move to another storage class",
+                    fieldPath=".storageClassName",
+                ),
+            ]
+        }
+    )
+    size: Quantity = Field(
+        default="10Gi",
+        description="Requested size of the shared volume. May grow (when the storage class allows volume "
+        "expansion); may never shrink.",
+    )
     storage_class_name: str | None = Field(
         default=None,
-        description="StorageClass of the claim (must support ReadWriteMany); cluster default if omitted.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="StorageClass of the claim (must support ReadWriteMany); cluster default if omitted. Immutable.",
     )
     mount_path: str = Field(
         default="/data/objects",
-        pattern=r"^/.*",
-        description="Where the volume is mounted in api and worker pods.",
+        pattern=r"^/[^\s]*[^/\s]$",
+        max_length=1024,
+        description="Where the volume is mounted in api and worker pods: an absolute path, not / and not "
+        "in " + ", ".join(RESERVED_MOUNT_PATHS) + " (already mounted).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    " && ".join(f"self != '{p}' && !self.startsWith('{p}/')" for p in RESERVED_MOUNT_PATHS),
+                    "mountPath must not be " + " or ".join(RESERVED_MOUNT_PATHS) + " (or under it): the "
+                    "containers already mount a writable volume there",
+                )
+            ]
+        },
+    )
+    deletion_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain",
+        description="What happens to the volume (and the documents on it) when the ApeRAG resource is "
+        "deleted or objectStorage.type moves away from local. Retain (default): the claim stays, without "
+        "owner reference, and is used again when an ApeRAG of the same name wants it; the status says so. "
+        "Delete: the claim is deleted with the resource and when it is no longer used.",
     )
 
 
@@ -353,9 +395,7 @@ class S3Credentials(Spec):
     """The Secret holding the S3 access key."""
 
     name: str = Field(..., pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Secret name.")
-    access_key_id_key: str = Field(
-        default="accessKeyId", min_length=1, description="Key holding the access key id."
-    )
+    access_key_id_key: str = Field(default="accessKeyId", min_length=1, description="Key holding the access key id.")
     secret_access_key_key: str = Field(
         default="secretAccessKey", min_length=1, description="Key holding the secret access key."
     )
@@ -391,9 +431,7 @@ class ObjectStorageSpec(Spec):
             ]
         }
     )
-    type: Literal["local", "s3"] = Field(
-        default="local", description="local (a shared ReadWriteMany volume) or s3."
-    )
+    type: Literal["local", "s3"] = Field(default="local", description="local (a shared ReadWriteMany volume) or s3.")
     local: LocalObjectStorage = Field(
         default_factory=LocalObjectStorage, description="Settings of the shared volume (type local)."
     )
@@ -420,24 +458,33 @@ class IngressSpec(Spec):
     enabled: bool = Field(default=False, description="Create the Ingress.")
     host: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, description="Host name served.")
     class_name: str | None = Field(
-        default=None, description="IngressClass name; the cluster default if omitted."
+        default=None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="IngressClass name; the cluster default if omitted.",
     )
     tls_secret_name: str | None = Field(
         default=None,
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="Secret with the TLS certificate for the host.",
     )
-    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the Ingress.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Annotations of the Ingress.",
+        json_schema_extra=keys_match(QUALIFIED_NAME_PATTERN, "annotation keys must be valid annotation keys"),
+    )
 
 
 class NetworkPolicySpec(Spec):
     """NetworkPolicies restricting traffic to the app's pods."""
 
     enabled: bool = Field(default=False, description="Create the NetworkPolicies.")
-    ingress_namespace_labels: dict[str, str] = Field(
+    ingress_namespace_labels: dict[str, LabelValue] = Field(
         default_factory=lambda: {"kubernetes.io/metadata.name": "ingress-nginx"},
-        description="Labels of the namespace(s) of the ingress controller, allowed to reach api and "
-        "frontend.",
+        max_length=16,
+        description="Labels of the namespace(s) of the ingress controller, allowed to reach api and frontend.",
+        json_schema_extra=keys_match(QUALIFIED_NAME_PATTERN, "keys must be valid label keys"),
     )
 
 
@@ -445,9 +492,7 @@ class PodDisruptionBudgetSpec(Spec):
     """PodDisruptionBudgets for api and worker."""
 
     enabled: bool = Field(default=True, description="Create PodDisruptionBudgets for api and worker.")
-    max_unavailable: int = Field(
-        default=1, ge=1, description="Pods of a component that may be evicted at once."
-    )
+    max_unavailable: int = Field(default=1, ge=1, description="Pods of a component that may be evicted at once.")
 
 
 # --- placeholders filled by later issues -------------------------------------------------------------
@@ -456,9 +501,7 @@ class PodDisruptionBudgetSpec(Spec):
 class UpgradeSpec(Spec):
     """How version changes are rolled out (reserved: filled in by the upgrade issue)."""
 
-    run_migrations: bool = Field(
-        default=True, description="Run database migrations as a Job before rolling out."
-    )
+    run_migrations: bool = Field(default=True, description="Run database migrations as a Job before rolling out.")
 
 
 class HorizontalScaling(Spec):
@@ -484,9 +527,7 @@ class AutoscalingSpec(Spec):
     """Autoscaling of api and worker (reserved)."""
 
     api: HorizontalScaling = Field(default_factory=HorizontalScaling, description="Autoscaling of the API.")
-    worker: HorizontalScaling = Field(
-        default_factory=HorizontalScaling, description="Autoscaling of workers."
-    )
+    worker: HorizontalScaling = Field(default_factory=HorizontalScaling, description="Autoscaling of workers.")
 
 
 class ObservabilitySpec(Spec):
@@ -521,9 +562,7 @@ class ApeRAGSpec(Spec):
         default_factory=DatabasesSpec,
         description="PostgreSQL, Redis, vector and full-text stores: managed by KubeBlocks or external.",
     )
-    ingress: IngressSpec = Field(
-        default_factory=IngressSpec, description="Ingress for the frontend and the API."
-    )
+    ingress: IngressSpec = Field(default_factory=IngressSpec, description="Ingress for the frontend and the API.")
     network_policy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec, description="NetworkPolicies for the app's pods."
     )
@@ -531,9 +570,7 @@ class ApeRAGSpec(Spec):
         default_factory=PodDisruptionBudgetSpec, description="PodDisruptionBudgets for api and worker."
     )
     upgrade: UpgradeSpec = Field(default_factory=UpgradeSpec, description="Upgrade behaviour (reserved).")
-    autoscaling: AutoscalingSpec = Field(
-        default_factory=AutoscalingSpec, description="Autoscaling (reserved)."
-    )
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Autoscaling (reserved).")
     observability: ObservabilitySpec = Field(
         default_factory=ObservabilitySpec, description="Metrics and tracing (reserved)."
     )
@@ -550,9 +587,7 @@ class Condition(Spec):
     reason: str = Field(..., description="CamelCase machine-readable reason of the last transition.")
     message: str = Field(default="", description="Human-readable details.")
     last_transition_time: str = Field(..., description="When status last changed (RFC 3339).")
-    observed_generation: int | None = Field(
-        default=None, description="metadata.generation the condition is based on."
-    )
+    observed_generation: int | None = Field(default=None, description="metadata.generation the condition is based on.")
 
 
 class ComponentStatus(Spec):
@@ -562,9 +597,7 @@ class ComponentStatus(Spec):
     ready: int = Field(default=0, description="Ready pods.")
     updated: int = Field(default=0, description="Pods of the current pod template.")
     available: int = Field(default=0, description="Pods available for minReadySeconds.")
-    ready_state: bool = Field(
-        default=False, alias="isReady", description="All desired pods are updated and ready."
-    )
+    ready_state: bool = Field(default=False, alias="isReady", description="All desired pods are updated and ready.")
 
 
 class ApeRAGStatus(Spec):
@@ -574,9 +607,7 @@ class ApeRAGStatus(Spec):
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
     phase: str | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Paused.")
     version: str | None = Field(default=None, description="Version of the pods that are running.")
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing, Degraded, Paused."
-    )
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, Paused.")
     components: dict[str, ComponentStatus] = Field(
         default_factory=dict, description="Per-component replica counts, keyed by component name."
     )
