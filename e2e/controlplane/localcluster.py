@@ -79,6 +79,9 @@ class ManagedProcess:
     name: str
     pid: int
     executable: str
+    #: The command line, so that a test can stop one component and start it again (an API server
+    #: outage).
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -428,7 +431,7 @@ def _start(name: str, argv: list[str], state: Path) -> ManagedProcess:
     process = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
     )
-    return ManagedProcess(name=name, pid=process.pid, executable=argv[0])
+    return ManagedProcess(name=name, pid=process.pid, executable=argv[0], argv=list(argv))
 
 
 def _is_ours(process: ManagedProcess) -> bool:
@@ -589,6 +592,30 @@ def down(state: Path) -> None:
                 os.kill(process.pid, signal.SIGKILL)
     (state / "cluster.json").unlink()
     log(f"stopped {', '.join(f'{p.name}({p.pid})' for p in running) or 'nothing (already gone)'}")
+
+
+def stop_process(state: Path, name: str) -> None:
+    """Stops one component of a running cluster (SIGTERM, then SIGKILL), keeping its record."""
+    info = ClusterInfo.load(state.resolve())
+    process = next(p for p in info.processes if p.name == name)
+    if _is_alive(process):
+        os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _is_alive(process) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _is_alive(process):
+            os.kill(process.pid, signal.SIGKILL)
+
+
+def start_process(state: Path, name: str) -> None:
+    """Starts a component stopped by :func:`stop_process` again, with the same command line."""
+    state = state.resolve()
+    info = ClusterInfo.load(state)
+    index = next(i for i, p in enumerate(info.processes) if p.name == name)
+    if _is_alive(info.processes[index]):
+        return
+    info.processes[index] = _start(name, info.processes[index].argv, state)
+    info.save()
 
 
 def _is_alive(process: ManagedProcess) -> bool:

@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=120.0,
         help="liveness fails after this many seconds without a successful request to the API server",
     )
+    run.add_argument(
+        "--heartbeat-interval", type=float, default=30.0, help="seconds between the liveness heartbeat's reads"
+    )
     return parser.parse_args(argv)
 
 
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     CONFIG.watch_server_timeout = args.watch_server_timeout
     CONFIG.liveness = args.liveness
     CONFIG.contact_window = args.contact_window
+    CONFIG.heartbeat_interval = args.heartbeat_interval
 
     log_format = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
     kopf.configure(

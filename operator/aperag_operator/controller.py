@@ -297,9 +297,9 @@ class Controller:
         self.queue.add(pk)
 
     def resync(self) -> None:
-        """Enqueue every known ApeRAG (the periodic safety net)."""
+        """Enqueue every known ApeRAG (the periodic safety net); a failing one keeps its backoff."""
         for pk in self.parents():
-            self.queue.add(pk)
+            self.queue.add_unless_backing_off(pk)
 
     # --- the workers ---------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ def backoff_delay(failures: int, *, base: float, cap: float, jitter: float) -> f
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, *, backoff_base: float = 0.5, backoff_cap: float = 300.0, jitter: float = 0.2) -> None:
+    def __init__(self, *, backoff_base: float = 0.5, backoff_cap: float = 120.0, jitter: float = 0.2) -> None:
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
         self._processing: set[K] = set()
@@ -51,6 +51,13 @@ class WorkQueue(Generic[K]):
         self._queued_at[k] = asyncio.get_running_loop().time()
         self._queue.put_nowait(k)
 
+    def add_unless_backing_off(self, k: K) -> None:
+        """``add``, except for a key waiting out its backoff: a periodic resync must not turn a failing
+        key's exponential backoff back into a retry every resync interval."""
+        if self._failures.get(k) and k in self._timers:
+            return
+        self.add(k)
+
     def add_after(self, k: K, delay: float) -> None:
         if delay <= 0:
             self.add(k)
@@ -69,7 +76,14 @@ class WorkQueue(Generic[K]):
         self.add(k)
 
     def add_rate_limited(self, k: K) -> float:
-        """Re-adds a key whose processing failed, after its backoff delay; returns the delay."""
+        """Re-adds a key whose processing failed, after its backoff delay; returns the delay.
+
+        Only a failed *retry* lengthens the backoff: when the key failed again before its retry came
+        (an event ran it early), the pending retry stands, so a burst of events cannot push one key's
+        backoff to the cap within a second."""
+        pending = self._timers.get(k)
+        if pending is not None and self._failures.get(k):
+            return max(0.0, pending[0] - asyncio.get_running_loop().time())
         failures = self._failures.get(k, 0) + 1
         self._failures[k] = failures
         delay = backoff_delay(failures, base=self.backoff_base, cap=self.backoff_cap, jitter=self.jitter)

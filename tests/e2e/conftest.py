@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -53,12 +54,31 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
     def health(self) -> dict[str, Any] | None:
+        """The liveness report when it says alive (200), else None."""
+        code, body = self.probe()
+        return body if code == 200 else None
+
+    def probe(self, path: str | None = None) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) of the liveness endpoint or another path of its server; (0, {}) when
+        nothing answers."""
+        url = self.liveness_url if path is None else self.liveness_url.rsplit("/", 1)[0] + path
         try:
-            with urllib.request.urlopen(self.liveness_url, timeout=2) as resp:
-                result: dict[str, Any] = json.loads(resp.read() or b"{}")
-                return result
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
         except OSError:
-            return None
+            return 0, {}
+
+    def synced(self) -> bool:
+        """Whether the operator has listed every watched kind (its /readyz)."""
+        return self.probe("/readyz")[0] == 200
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as when a node dies."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def reconciles(self, namespace: str, name: str) -> int:
         """How many reconciles of namespace/name have finished (from the operator's debug log)."""
@@ -155,9 +175,13 @@ def apply_yaml(cluster: Cluster, manifest: str, *, check: bool = True) -> subpro
 
 
 def kget(cluster: Cluster, namespace: str, *what: str) -> dict[str, Any] | None:
+    """``kubectl get -o json``: None when the object does not exist; any other failure fails the test
+    (a failing call must never pass for "nothing there")."""
     result = cluster.kubectl("get", "-n", namespace, *what, "-o", "json", check=False)
     if result.returncode != 0:
-        return None
+        if "NotFound" in result.stderr or "not found" in result.stderr:
+            return None
+        raise AssertionError(f"kubectl get {' '.join(what)} failed: {result.stderr}")
     obj: dict[str, Any] = json.loads(result.stdout)
     return obj
 

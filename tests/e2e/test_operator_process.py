@@ -81,7 +81,8 @@ async def test_several_namespaces_and_nothing_outside(
             apply_yaml(cluster, resource("outside", second_namespace))
             await wait_until(lambda: ready(cluster, namespace, "rag"), timeout=60, what="rag Ready")
             # the resource outside the watched namespace is untouched: no status, no children
-            assert (kget(cluster, second_namespace, "aperag", "outside") or {}).get("status") in (None, {})
+            outside = kget(cluster, second_namespace, "aperag", "outside")
+            assert outside is not None and outside.get("status") in (None, {})
             assert kget(cluster, second_namespace, "deployment", "outside-api") is None
         finally:
             op.stop()

@@ -7,8 +7,6 @@ import asyncio
 import pytest
 from aperag_operator.workqueue import WorkQueue, backoff_delay
 
-from tests.harness.wait import wait_until
-
 
 def test_backoff_grows_exponentially_up_to_the_cap_with_bounded_jitter() -> None:
     plain = [backoff_delay(n, base=0.5, cap=30, jitter=0) for n in range(1, 10)]
@@ -51,11 +49,22 @@ async def test_add_after_keeps_the_earliest_delay() -> None:
 
 async def test_failures_back_off_and_success_forgets() -> None:
     q: WorkQueue[str] = WorkQueue(backoff_base=0.05, backoff_cap=1.0, jitter=0)
-    delays = [q.add_rate_limited("a") for _ in range(4)]
+    delays = []
+    for _ in range(4):  # each retry comes back and fails again
+        delays.append(q.add_rate_limited("a"))
+        assert await asyncio.wait_for(q.get(), timeout=2) == "a"
+        q.done("a")
     assert delays == [0.05, 0.1, 0.2, 0.4]
-    await wait_until(lambda: q.depth() == 1, timeout=2, what="the key comes back")
     q.forget("a")
     assert q.failures("a") == 0 and q.add_rate_limited("a") == 0.05
+    q.close()
+
+
+async def test_failing_again_before_the_retry_does_not_lengthen_the_backoff() -> None:
+    q: WorkQueue[str] = WorkQueue(backoff_base=1.0, jitter=0)
+    assert q.add_rate_limited("a") == 1.0
+    again = q.add_rate_limited("a")  # an event ran it early and it failed again
+    assert 0.5 < again <= 1.0 and q.failures("a") == 1
     q.close()
 
 
@@ -65,3 +74,13 @@ async def test_discard_cancels_pending_retries() -> None:
     q.discard("a")
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(q.get(), timeout=0.3)
+
+
+async def test_a_resync_does_not_cut_a_backoff_short() -> None:
+    q: WorkQueue[str] = WorkQueue(backoff_base=5.0, jitter=0)
+    q.add_rate_limited("a")
+    q.add_unless_backing_off("a")  # the periodic resync
+    assert q.depth() == 0
+    q.add("a")  # an event (a spec change) still goes through at once
+    assert q.depth() == 1
+    q.close()
