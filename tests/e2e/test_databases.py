@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from e2e.controlplane.localcluster import down, up
+from tests.conftest import shared_dir
 from tests.e2e.conftest import (
     CRD_FILE,
     OperatorProcess,
@@ -396,6 +397,16 @@ async def test_kubeblocks_not_installed(no_kubeblocks: Cluster, tmp_path: Path) 
         await wait_idle(op, ns, "rag")
         assert op.proc.poll() is None
         assert "Traceback" not in op.logs()
+
+        # KubeBlocks installed later: the operator notices without a restart and carries on.
+        crd_root = shared_dir() / "fixtures" / "crds" / "kubeblocks-v1.0.2"
+        bare.kubectl("apply", "--server-side", "--field-manager=aperag-tests", "-f", str(crd_root))
+        bare.wait_established("clusters.apps.kubeblocks.io")
+        with kubeblocks_simulator(bare, ns) as errors:
+            await wait_ready(bare, ns, "rag", 120)
+        assert errors == []
+        assert kget(bare, ns, CLUSTERS, "rag-pg") is not None
+        assert op.proc.poll() is None  # the same process
     finally:
         op.stop()
 

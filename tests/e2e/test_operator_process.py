@@ -68,6 +68,13 @@ async def test_cluster_wide(
 ) -> None:
     op = start_operator(cluster, tmp_path / "operator.log", "--all-namespaces")
     await _run(cluster, op, [namespace, second_namespace])
+    # Secrets are watched only where an ApeRAG lives, never cluster-wide (and kept without values).
+    watched = {
+        line["message"].split(" in ", 1)[1].removesuffix(": Listed")
+        for line in map(json.loads, op.logs().splitlines())
+        if line["message"].startswith("secrets in ")
+    }
+    assert watched == {namespace, second_namespace}
 
 
 async def test_several_namespaces_and_nothing_outside(
