@@ -86,6 +86,31 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.components.api.podLabels", "app.kubernetes.io/* labels are set by the operator"],
     ),
     ("bad-version", {"version": "v1 beta"}, ["spec.version", "should match"]),
+    (
+        "migration-timeout-too-short",
+        {**V, "upgrade": {"migrationTimeoutSeconds": 5}},
+        ["spec.upgrade.migrationTimeoutSeconds", "greater than or equal to 30"],
+    ),
+    (
+        "history-limit-zero",
+        {**V, "upgrade": {"historyLimit": 0}},
+        ["spec.upgrade.historyLimit", "greater than or equal to 1"],
+    ),
+    (
+        "migration-job-reserved-label",
+        {**V, "upgrade": {"migrationJob": {"podLabels": {"app.kubernetes.io/component": "x"}}}},
+        ["spec.upgrade.migrationJob.podLabels", "app.kubernetes.io/* labels are set by the operator"],
+    ),
+    (
+        "migration-job-bad-label-value",
+        {**V, "upgrade": {"migrationJob": {"podLabels": {"team": "not a value"}}}},
+        ["spec.upgrade.migrationJob.podLabels", "label values must be at most 63 characters"],
+    ),
+    (
+        "migration-job-bad-annotation-key",
+        {**V, "upgrade": {"migrationJob": {"podAnnotations": {"bad key": "x"}}}},
+        ["spec.upgrade.migrationJob.podAnnotations", "annotation keys must be qualified names"],
+    ),
 ]
 
 
@@ -112,5 +137,15 @@ def test_valid_minimal_resource_gets_defaults(cluster: Cluster, aperag_crd: str,
     assert spec["components"]["beat"]["replicas"] == 1
     assert spec["objectStorage"]["type"] == "local"
     assert spec["objectStorage"]["local"]["size"] == "10Gi"
+    assert spec["upgrade"] == {
+        "runMigrations": True,
+        "migrationTimeoutSeconds": 600,
+        "progressDeadlineSeconds": 600,
+        "backupBeforeUpgrade": False,
+        "backupTimeoutSeconds": 3600,
+        "rollbackOnFailure": True,
+        "historyLimit": 10,
+        "migrationJob": {},
+    }
     explain = cluster.kubectl("explain", "aperag.spec.components.beat.replicas").stdout
     assert "two schedulers would run every task twice" in explain
