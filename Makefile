@@ -11,14 +11,14 @@ APT_PACKAGES := openssl redis-server
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-packages venv controlplane test test-unit test-e2e test-app lint \
-        demo cluster-up cluster-down bench crds clean
+        demo cluster-up cluster-down bench crds golden clean
 
 help:
 	@echo "make demo          start the local cluster and run the operator on the example ApeRAG"
 	@echo "make test          the whole test suite (installs everything it needs)"
 	@echo "make cluster-up    start the local control plane and print the KUBECONFIG to export"
 	@echo "make cluster-down  stop the processes cluster-up started"
-	@echo "make lint | bench | setup | crds"
+	@echo "make lint | bench | setup | crds | golden"
 
 setup: system-packages venv controlplane
 
@@ -76,6 +76,10 @@ bench: setup
 	$(PY) -m bench.app_ingest
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
+
+# Rewrites the builders' golden files (tests/unit/golden/) from the current code: review the diff.
+golden: venv
+	UPDATE_GOLDEN=1 $(PY) -m pytest tests/unit -q -k golden
 
 # The CRD is generated from the spec model (a unit test fails when they disagree).
 crds: venv

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aperag_operator.builders import deployment, ingress, network_policy, pvc
 from aperag_operator.builders.children import desired_children, key
 from aperag_operator.builders.common import SPEC_HASH_ANNOTATION
 
+from .golden import assert_golden
 from .helpers import instance
-
-GOLDEN = Path(__file__).parent / "golden"
 
 FULL_SPEC: dict[str, Any] = {
     "components": {
@@ -41,12 +37,7 @@ FULL_SPEC: dict[str, Any] = {
 
 @pytest.mark.parametrize("case,spec", [("minimal", {}), ("full", FULL_SPEC)])
 def test_golden(case: str, spec: dict[str, Any]) -> None:
-    objs = desired_children(instance(spec))
-    text = yaml.safe_dump_all(objs, sort_keys=True)
-    path = GOLDEN / f"{case}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
-        path.write_text(text)
-    assert path.read_text() == text, f"golden file {path} differs; UPDATE_GOLDEN=1 to refresh after review"
+    assert_golden(case, desired_children(instance(spec)))
 
 
 def test_names_labels_and_owner() -> None:
