@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+from aperag_operator.builders import backup_opsrequest
+from aperag_operator.builders.common import Instance, Release
 from aperag_operator.builders.kubeblocks_cluster import build_database_clusters, managed_databases
 from aperag_operator.spec.databases import DatabasesSpec
+from aperag_operator.spec.model import parse_spec
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret, Service
 
@@ -104,6 +107,27 @@ def _contains(actual: Any, wanted: Any) -> bool:
     if isinstance(wanted, list):
         return isinstance(actual, list) and len(actual) == len(wanted) and all(map(_contains, actual, wanted))
     return bool(actual == wanted)
+
+
+def test_backup_opsrequest_passes_the_upstream_schema(
+    cluster: LocalCluster, upstream_crds: list[str], namespace: str
+) -> None:
+    inst = Instance("up", namespace, "00000000-0000-0000-0000-00000000000b", parse_spec({"version": "0.5.0"}))
+    request = backup_opsrequest.request("up", "up-pg", Release("0.5.0", "ghcr.io/apecloud/aperag:0.5.0"), 1)
+    ops = backup_opsrequest.build(inst, request)
+    ops["metadata"].pop("ownerReferences")  # no ApeRAG object behind this test's uid
+    result = apply(cluster, ops, namespace)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(
+        cluster.kubectl("get", "opsrequests.operations.kubeblocks.io", ops["metadata"]["name"], "-n", namespace,
+                        "-o", "json").stdout
+    )  # fmt: skip
+    # Nothing was pruned: every field we sent is known to the schema.
+    assert _contains(stored["spec"], ops["spec"]), (ops["spec"], stored["spec"])
+    ops["spec"]["type"] = "Snapshot"
+    ops["metadata"]["name"] = "bad-type"
+    refused = apply(cluster, ops, namespace)
+    assert refused.returncode != 0 and "spec.type" in refused.stderr
 
 
 # --- the databases CEL rules of the ApeRAG CRD -------------------------------------------------------------
