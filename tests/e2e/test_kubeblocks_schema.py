@@ -17,7 +17,14 @@ from aperag_operator.spec.model import parse_spec
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret, Service
 
-from e2e.simulators.kubeblocks import ANNOTATION_PHASE, Cluster, KubeBlocksSimulator
+from e2e.simulators.kubeblocks import (
+    ANNOTATION_BACKUP_PHASE,
+    ANNOTATION_MESSAGE,
+    ANNOTATION_PHASE,
+    Cluster,
+    KubeBlocksSimulator,
+    OpsRequest,
+)
 from tests.harness.cluster import Cluster as LocalCluster
 from tests.harness.wait import wait_until
 
@@ -286,4 +293,42 @@ async def test_simulator_abnormal_on_demand_and_generation(
         assert apply(cluster, pg, namespace).returncode == 0
         await wait_until(phase_is("Running"), timeout=30, what="Running again")
         assert (await status())["observedGeneration"] == 2
+        assert not sim.errors
+
+
+async def test_simulator_completes_or_fails_backup_opsrequests(
+    cluster: LocalCluster, upstream_crds: list[str], namespace: str, kube: AsyncClient
+) -> None:
+    """Backups on a healthy Cluster succeed; a Cluster annotated to fail them fails them with its message;
+    a backup of a Cluster that does not exist fails."""
+    inst = Instance("bk", namespace, "00000000-0000-0000-0000-00000000000c", parse_spec({"version": "0.5.0"}))
+    (good, doomed) = [
+        build_database_clusters(name, namespace, DatabasesSpec(), None, LABELS)[0] for name in ("good", "doomed")
+    ]
+    doomed["metadata"]["annotations"] = {ANNOTATION_BACKUP_PHASE: "Failed", ANNOTATION_MESSAGE: "disk full"}
+    release = Release("0.5.0", "ghcr.io/apecloud/aperag:0.5.0")
+
+    async def phase(name: str) -> str:
+        obj = (await kube.get(OpsRequest, name, namespace=namespace)).to_dict()  # type: ignore[no-untyped-call]
+        return str((obj.get("status") or {}).get("phase") or "")
+
+    async with KubeBlocksSimulator(kube, namespace, provisioning_seconds=0.3) as sim:
+        for obj in (good, doomed):  # first: a backup of a Cluster that does not exist (yet) fails
+            assert apply(cluster, obj, namespace).returncode == 0
+        expected = {}
+        for cluster_name, outcome in (("good-pg", "Succeed"), ("doomed-pg", "Failed"), ("missing-pg", "Failed")):
+            ops = backup_opsrequest.build(inst, backup_opsrequest.request(cluster_name, cluster_name, release, 1))
+            ops["metadata"].pop("ownerReferences")
+            assert apply(cluster, ops, namespace).returncode == 0
+            expected[ops["metadata"]["name"]] = outcome
+        for name, outcome in expected.items():
+
+            async def finished(name: str = name, outcome: str = outcome) -> bool:
+                return await phase(name) == outcome
+
+            await wait_until(finished, timeout=30, what=f"OpsRequest {name} {outcome}")
+        doomed_ops = next(n for n in expected if n.startswith("doomed-pg"))
+        obj = (await kube.get(OpsRequest, doomed_ops, namespace=namespace)).to_dict()  # type: ignore[no-untyped-call]
+        assert obj["status"]["conditions"][0]["message"] == "disk full"
+        assert obj["status"]["completionTimestamp"]
         assert not sim.errors
