@@ -149,6 +149,9 @@ def upgraded(frm: Release = V4, to: Release = V5, upgrade: dict[str, Any] | None
     story = installed(frm, upgrade)
     inp = inputs(to, upgrade)
     migrating = story.step(inp, observed(frm))
+    if migrating.backups:  # backupBeforeUpgrade: the backup succeeds first
+        (request,) = migrating.backups
+        migrating = story.step(inp, observed(frm, backups=[BackupObservation(request.name, "Succeed")]))
     done = finished_job(migrating, rep=report(before=REVISIONS[frm], current=REVISIONS[to]))
     story.step(inp, observed(frm, jobs=[done]))
     story.step(inp, observed(to, jobs=[done]))
