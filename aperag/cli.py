@@ -155,7 +155,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"heads": found, "single": len(found) == 1}))
         return 0
     if args.action == "current":
-        _require_database(settings)
+        if not settings.database_configured:
+            print("configuration error: POSTGRES_HOST (or DATABASE_URL) is not set", file=sys.stderr)
+            return 2
         print(migrate.current_json(settings.database_url))
         return 0
     action: migrate.Action = "upgrade" if args.action == "upgrade" else "downgrade"
