@@ -977,3 +977,14 @@ def test_a_job_of_someone_else_is_ignored() -> None:
     decision = decide(inputs(V5), story.status, observed(V4, jobs=[stranger]), later(5))
     assert decision.upgrade is not None and decision.upgrade["phase"] == "Migrating"
     assert job_of(decision) == job_of(migrating)
+
+
+def test_a_record_on_an_empty_schema_is_not_a_rollback_target() -> None:
+    story = upgraded(V4, V5)
+    assert story.status is not None
+    for entry in story.status["history"]:
+        if entry["version"] == "0.4.0":
+            entry["revision"] = "base"
+    decision = decide(inputs(V4), story.status, observed(V5), NOW)
+    assert decision.upgrade is not None and decision.upgrade["phase"] == "Refused"
+    assert decision.jobs == () and decision.deployments == V5

@@ -757,10 +757,9 @@ class _Machine:
             mark = len(self.events)
             history = list(self.history)
             nxt = self.step(state)
-            if nxt is None or nxt == state:
-                del self.events[mark:]
-                return state
-            if not self.inputs.gates_open and self.starts_something(state, nxt):
+            held = nxt is not None and not self.inputs.gates_open and self.starts_something(state, nxt)
+            if nxt is None or nxt == state or held:
+                # Not taken: whatever the attempt recorded is dropped with it.
                 del self.events[mark:]
                 self.history[:] = history
                 return state

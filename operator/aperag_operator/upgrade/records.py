@@ -38,9 +38,9 @@ def ref_of(release: Release) -> TargetRef:
 
 def known_revision(history: Sequence[HistoryEntry], release: Release) -> HistoryEntry | None:
     """The newest successful record of ``release`` with its schema revision: what a rollback to it
-    downgrades to."""
+    downgrades to. An empty schema (``base``) is no such record: nothing is dropped automatically."""
     for entry in reversed(history):
-        if entry.outcome == SUCCEEDED and entry.revision and release_of(entry) == release:
+        if entry.outcome == SUCCEEDED and entry.revision not in (None, BASE) and release_of(entry) == release:
             return entry
     return None
 
