@@ -267,12 +267,12 @@ class _Machine:
         is_older = older(target.version, running.version) if running else None
         if running is None:
             operation = INSTALL
-        elif record is not None and (is_older or same_schema) and not adopting:
-            operation = ROLLBACK if is_older or (is_older is None and same_schema) else UPGRADE
-        elif record is None and is_older and not adopting:
-            return self.refuse(previous, running_record, attempt, f"is older than the running {running.version}")
+        elif adopting or not (is_older or same_schema):
+            operation = UPGRADE  # newer, or not orderable: its own migration Job tells (UnknownRevision)
+        elif record is not None:
+            operation = ROLLBACK if is_older is not False else UPGRADE
         else:
-            operation = UPGRADE
+            return self.refuse(previous, running_record, attempt, f"is older than the running {running.version}")
         deployed = previous.deployed if previous else (ref_of(running) if running else None)
         # A rollback (or a release on the same schema) knows its revision from the record; an upgrade learns
         # it from its migration Job.
