@@ -18,7 +18,7 @@ help:
 	@echo "make test          the whole test suite (installs everything it needs)"
 	@echo "make cluster-up    start the local control plane and print the KUBECONFIG to export"
 	@echo "make cluster-down  stop the processes cluster-up started"
-	@echo "make lint | bench | setup | crds"
+	@echo "make lint | bench | setup | crds | golden"
 
 setup: system-packages venv controlplane
 
@@ -77,9 +77,9 @@ bench: setup
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
 
-# The builders' golden files: rewritten only on request; review the diff like code.
+# Rewrites the builders' golden files (tests/unit/golden/) from the current code: review the diff.
 golden: venv
-	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_builders.py -k golden
+	UPDATE_GOLDEN=1 $(PY) -m pytest tests/unit -q -k golden
 
 # The CRD is generated from the spec model (a unit test fails when they disagree).
 crds: venv

@@ -9,8 +9,12 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aperag.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from aperag.migrate import Report
 
 log = logging.getLogger("aperag")
 
@@ -94,6 +98,8 @@ def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> No
     if database:
         from sqlalchemy import create_engine, text
 
+        from aperag.migrate import SchemaCheck
+
         engine = create_engine(settings.database_url, pool_pre_ping=True, pool_size=1, max_overflow=0)
 
         def database_check() -> None:
@@ -101,6 +107,9 @@ def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> No
                 conn.execute(text("SELECT 1"))
 
         checks["database"] = database_check
+        # Not ready while the schema is behind this release (the migration Job has not run yet); ready
+        # when it is ahead (a newer release migrated it during a rollout or before a rollback).
+        checks["schema"] = SchemaCheck(lambda: engine)
     start_health_server(settings.api_host, settings.health_port, checks)
 
 
@@ -136,28 +145,60 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """``heads`` and ``current`` print JSON; ``upgrade`` and ``downgrade`` print one report (JSON, last
+    line of stdout), write it to the termination-message file for the operator, and say what went wrong
+    in one line on stderr: never a traceback (docs/app.md)."""
     from aperag import migrate
 
     if args.action == "heads":
-        print(json.dumps({"heads": migrate.heads()}))
+        found = migrate.heads()
+        print(json.dumps({"heads": found, "single": len(found) == 1}))
         return 0
-    _require_database(settings)
-    url = settings.database_url
     if args.action == "current":
-        print(migrate.current_json(url))
+        if not settings.database_configured:
+            print("configuration error: POSTGRES_HOST (or DATABASE_URL) is not set", file=sys.stderr)
+            return 2
+        print(migrate.current_json(settings.database_url))
         return 0
-    if args.action == "upgrade":
-        migrate.upgrade(url, args.revision or "head")
-        if not args.skip_stores:
-            from aperag.context import AppContext
+    action: migrate.Action = "upgrade" if args.action == "upgrade" else "downgrade"
+    if action == "downgrade" and not args.revision:
+        print("migrate: downgrade needs a revision (e.g. base or 0001)", file=sys.stderr)
+        return 2
+    target = args.revision or "head"
+    if not settings.database_configured:
+        report = migrate.Report(
+            ok=False,
+            action=action,
+            target=target,
+            heads=migrate.heads(),
+            reason=migrate.NOT_CONFIGURED,
+            message="POSTGRES_HOST (or DATABASE_URL) is not set: this command needs a configured database",
+        )
+    else:
+        report = migrate.run(settings.database_url, action, target)
+        if report.ok and action == "upgrade" and not args.skip_stores:
+            report = _ensure_store_schemas(settings, report)
+    migrate.write_report(report, args.report_file)
+    print(report.to_json())
+    if not report.ok:
+        print(f"migrate: {report.reason}: {report.message}", file=sys.stderr)
+    return report.exit_code
 
-            AppContext(settings=settings).ensure_store_schemas()
-    elif args.action == "downgrade":
-        if not args.revision:
-            raise SystemExit("downgrade needs a revision (e.g. base or 0001)")
-        migrate.downgrade(url, args.revision)
-    print(migrate.current_json(url))
-    return 0
+
+def _ensure_store_schemas(settings: Settings, report: Report) -> Report:
+    """The vector and full-text store schemas, after the tables they index (idempotent)."""
+    from aperag import migrate
+    from aperag.context import AppContext
+    from aperag.stores import StoreUnavailable
+
+    try:
+        AppContext(settings=settings).ensure_store_schemas()
+    except StoreUnavailable as exc:
+        report.ok, report.reason, report.message = False, migrate.DATABASE_UNAVAILABLE, str(exc)
+    except Exception as exc:  # the schema is migrated; say clearly that the stores are not
+        report.ok, report.reason = False, migrate.STORES_FAILED
+        report.message = f"schema migrated, but the store schemas failed: {type(exc).__name__}: {exc}"
+    return report
 
 
 def _collect_files(path: Path) -> list[Path]:
@@ -250,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument(
         "--skip-stores", action="store_true", help="upgrade: do not create vector/full-text schemas"
     )
+    mig.add_argument(
+        "--report-file",
+        default=None,
+        help="upgrade/downgrade: also write the JSON report here (default: $APERAG_MIGRATE_REPORT_FILE, "
+        "else /dev/termination-log when it exists)",
+    )
     mig.set_defaults(fn=cmd_migrate)
 
     ingest = sub.add_parser(
@@ -272,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # Alembic announces each of its plugins at INFO on import: noise in every migrate run.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

@@ -32,6 +32,8 @@ from aperag.api.schemas import (
 )
 from aperag.context import AppContext
 from aperag.db.models import Collection, Document
+from aperag.db.session import get_engine
+from aperag.migrate import SchemaCheck
 from aperag.parsing import UnparsableDocument, UnsupportedDocument
 from aperag.search import search
 from aperag.stores import StoreUnavailable
@@ -133,6 +135,9 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
     def live() -> dict[str, str]:
         return {"status": "ok"}
 
+    # Ready only when the schema is not behind this release (docs/app.md, readiness contract).
+    schema_check = SchemaCheck(lambda: get_engine(ctx.settings.database_url))
+
     @app.get("/health/ready", response_model=ReadyOut, tags=["health"])
     def ready(response: Response) -> ReadyOut:
         checks: dict[str, str] = {}
@@ -149,6 +154,7 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
                 session.execute(text("SELECT 1 FROM collections LIMIT 1"))
 
         check("database", database)
+        check("schema", schema_check)
         if ctx.dispatcher is not None and ctx.settings.redis_configured:
             check("redis", ctx.dispatcher.queue_depth)
         check("vector_store", ctx.vector_store.ping)

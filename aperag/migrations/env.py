@@ -1,5 +1,6 @@
 """Alembic environment. Always driven from aperag.migrate, which passes an open connection that
-already holds the migration advisory lock."""
+already holds the migration advisory lock and is inside the run's one transaction (so Alembic opens no
+transaction of its own: every revision of a run commits together or not at all)."""
 
 from __future__ import annotations
 

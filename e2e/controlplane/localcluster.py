@@ -39,6 +39,9 @@ POD_CIDR = "10.244.0.0/16"
 # Pod markers understood by the kwok stages below (documented in e2e/controlplane/README.md).
 NEVER_READY_LABEL = "kwok.aperag.io/never-ready"
 FAIL_LABEL = "kwok.aperag.io/fail"
+#: The termination message a Job's pod ends with (kwok runs no container, so nothing writes one): the
+#: migration Job's JSON report in the upgrade tests. With FAIL_LABEL the pod fails with this message.
+TERMINATION_MESSAGE_ANNOTATION = "kwok.aperag.io/termination-message"
 
 # The controllers the tests rely on; nodelifecycle and cloud controllers stay off (kwok nodes).
 CONTROLLERS = [
@@ -231,6 +234,11 @@ def _without_markers(stage: dict[str, Any]) -> dict[str, Any]:
     expressions = stage["spec"]["selector"].setdefault("matchExpressions", [])
     for label in (NEVER_READY_LABEL, FAIL_LABEL):
         expressions.append({"key": f'.metadata.labels["{label}"]', "operator": "DoesNotExist"})
+    if stage["metadata"]["name"] == "pod-complete":
+        # A Job pod with a termination message completes through our stage instead.
+        expressions.append(
+            {"key": f'.metadata.annotations["{TERMINATION_MESSAGE_ANNOTATION}"]', "operator": "DoesNotExist"}
+        )
     return stage
 
 
@@ -291,8 +299,15 @@ containerStatuses:
 {{ end }}
 """
 
+# The pod's termination-message annotation, or the given default.
+_MESSAGE = """\
+{{ $message := "%s" }}
+{{ with .metadata.annotations }}{{ with index . "%s" }}{{ $message = . }}{{ end }}{{ end }}
+"""
+
 # A container that exits 1: a pod that is not restarted (a Job's) ends Failed ...
-FAILED_TEMPLATE = _CONDITIONS_NOT_READY + """\
+FAILED_TEMPLATE = _MESSAGE % ("failed on purpose (kwok.aperag.io/fail)", TERMINATION_MESSAGE_ANNOTATION) + \
+    _CONDITIONS_NOT_READY + """\
 phase: Failed
 containerStatuses:
 {{ range .spec.containers }}
@@ -305,7 +320,29 @@ containerStatuses:
     terminated:
       exitCode: 1
       reason: Error
-      message: failed on purpose (kwok.aperag.io/fail)
+      message: {{ $message | Quote }}
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+"""
+
+# A running Job pod carrying a termination message completes with it (exit code 0), as a container that
+# wrote its termination-message file and exited would.
+COMPLETE_WITH_MESSAGE_TEMPLATE = _MESSAGE % ("", TERMINATION_MESSAGE_ANNOTATION) + """\
+{{ $now := Now }}
+phase: Succeeded
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: 0
+      reason: Completed
+      message: {{ $message | Quote }}
       startedAt: {{ $now | Quote }}
       finishedAt: {{ $now | Quote }}
 {{ end }}
@@ -360,7 +397,30 @@ def kwok_stages() -> list[dict[str, Any]]:
     stages.append(_marker_stage("aperag-pod-never-ready", NEVER_READY_LABEL, NEVER_READY_TEMPLATE, []))
     stages.append(_marker_stage("aperag-pod-fail", FAIL_LABEL, FAILED_TEMPLATE, [not_restarted]))
     stages.append(_marker_stage("aperag-pod-crashloop", FAIL_LABEL, CRASHLOOP_TEMPLATE, [restarted]))
+    stages.append(_complete_with_message_stage())
     return stages
+
+
+def _complete_with_message_stage() -> dict[str, Any]:
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": "aperag-pod-complete-with-message"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {
+                "matchExpressions": [
+                    {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                    {"key": ".metadata.ownerReferences.[].kind", "operator": "In", "values": ["Job"]},
+                    {"key": f'.metadata.annotations["{TERMINATION_MESSAGE_ANNOTATION}"]', "operator": "Exists"},
+                    {"key": f'.metadata.labels["{FAIL_LABEL}"]', "operator": "DoesNotExist"},
+                    {"key": f'.metadata.labels["{NEVER_READY_LABEL}"]', "operator": "DoesNotExist"},
+                ],
+            },
+            "next": {"statusTemplate": COMPLETE_WITH_MESSAGE_TEMPLATE},
+        },
+    }
 
 
 # --- talking to the apiserver without a client library ----------------------------------------

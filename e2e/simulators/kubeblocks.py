@@ -16,7 +16,15 @@ operator's assumptions instead of repeating them. Tests steer it with annotation
 * ``sim.kubeblocks.io/phase: Abnormal`` (or ``Failed``, ``Creating``, ...): force that phase;
   ``sim.kubeblocks.io/message``: the message that goes with it;
 * ``sim.kubeblocks.io/observe: "false"``: stop observing new generations (observedGeneration lags);
-* ``sim.kubeblocks.io/hold-secrets: "true"``: do not create the account Secrets (yet).
+* ``sim.kubeblocks.io/hold-secrets: "true"``: do not create the account Secrets (yet);
+* ``sim.kubeblocks.io/backup-phase: Failed`` (or ``Aborted``, ``Cancelled``, ``Running``...): how Backup
+  OpsRequests on this Cluster end (``Running``: they never end); ``sim.kubeblocks.io/message`` goes with it.
+
+It also plays the ``operations.kubeblocks.io/v1alpha1`` OpsRequests of type Backup: Creating, Running,
+then ``Succeed`` (KubeBlocks' spelling) after ``provisioning_seconds``, or the phase the Cluster's (or the
+OpsRequest's own) ``sim.kubeblocks.io/backup-phase`` annotation asks for; ``Failed`` at once when the
+Cluster does not exist. Like KubeBlocks it writes ``status.phase``, ``progress``, the start and
+completion timestamps and a condition through the status subresource.
 
 It polls rather than keeping a watch open: phases change on timers, and a list every
 ``interval`` seconds in one namespace is cheap and never misses an event.
@@ -40,11 +48,14 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 
 Cluster = create_namespaced_resource("apps.kubeblocks.io", "v1", "Cluster", "clusters")
+OpsRequest = create_namespaced_resource("operations.kubeblocks.io", "v1alpha1", "OpsRequest", "opsrequests")
 
 ANNOTATION_PHASE = "sim.kubeblocks.io/phase"
 ANNOTATION_MESSAGE = "sim.kubeblocks.io/message"
 ANNOTATION_OBSERVE = "sim.kubeblocks.io/observe"
 ANNOTATION_HOLD_SECRETS = "sim.kubeblocks.io/hold-secrets"
+ANNOTATION_BACKUP_PHASE = "sim.kubeblocks.io/backup-phase"
+OPS_FINAL_PHASES = frozenset({"Succeed", "Failed", "Cancelled", "Aborted"})
 FIELD_MANAGER = "kubeblocks-simulator"
 
 
@@ -108,6 +119,8 @@ class KubeBlocksSimulator:
         self.interval = interval
         self.errors: list[BaseException] = []
         self._seen: dict[str, _Seen] = {}
+        self._ops_seen: dict[str, float] = {}
+        self._ops_installed = True
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> KubeBlocksSimulator:
@@ -133,13 +146,73 @@ class KubeBlocksSimulator:
             await asyncio.sleep(self.interval)
 
     async def reconcile_all(self) -> None:
-        """One pass over every Cluster in the namespace."""
+        """One pass over every Cluster and every OpsRequest in the namespace."""
+        clusters: dict[str, dict[str, Any]] = {}
         async for cluster in self.client.list(Cluster, namespace=self.namespace):
+            obj = cluster.to_dict()  # type: ignore[no-untyped-call]
+            clusters[obj["metadata"]["name"]] = obj
             # One broken Cluster must not stall the others, as in a real controller's work queue.
             try:
-                await self.reconcile(cluster.to_dict())  # type: ignore[no-untyped-call]
+                await self.reconcile(obj)
             except ApiError as err:
                 self.errors.append(err)
+        if not self._ops_installed:
+            return
+        try:
+            ops_requests = [ops.to_dict() async for ops in self.client.list(OpsRequest, namespace=self.namespace)]  # type: ignore[no-untyped-call]
+        except ApiError as err:
+            if err.status.code != 404:
+                raise
+            self._ops_installed = False  # the OpsRequest CRD is not installed in this cluster
+            return
+        for ops in ops_requests:
+            try:
+                await self.reconcile_ops(ops, clusters.get((ops.get("spec") or {}).get("clusterName", "")))
+            except ApiError as err:
+                self.errors.append(err)
+
+    async def reconcile_ops(self, ops: dict[str, Any], cluster: dict[str, Any] | None) -> None:
+        """Moves a Backup OpsRequest through Creating and Running to its final phase."""
+        metadata = ops["metadata"]
+        status = ops.get("status") or {}
+        if metadata.get("deletionTimestamp") or (ops.get("spec") or {}).get("type") != "Backup":
+            return
+        if status.get("phase") in OPS_FINAL_PHASES:
+            return
+        now = time.monotonic()
+        first_seen = self._ops_seen.setdefault(metadata["uid"], now)
+        own = metadata.get("annotations") or {}
+        cluster_annotations = ((cluster or {}).get("metadata") or {}).get("annotations") or {}
+        wanted = own.get(ANNOTATION_BACKUP_PHASE) or cluster_annotations.get(ANNOTATION_BACKUP_PHASE) or "Succeed"
+        message = own.get(ANNOTATION_MESSAGE) or cluster_annotations.get(ANNOTATION_MESSAGE) or ""
+        if cluster is None:
+            phase, message = "Failed", f"Cluster {ops['spec'].get('clusterName')} not found"
+        elif now - first_seen < self.provisioning_seconds:
+            phase = "Creating" if not status.get("phase") else "Running"
+        else:
+            phase = wanted
+        new_status: dict[str, Any] = {"phase": phase, "progress": "1/1" if phase in OPS_FINAL_PHASES else "0/1"}
+        new_status["startTimestamp"] = status.get("startTimestamp") or _now()
+        if phase in OPS_FINAL_PHASES:
+            new_status["completionTimestamp"] = _now()
+        new_status["conditions"] = [
+            {
+                "type": {"Succeed": "Succeed", "Failed": "Failed"}.get(phase, "Backup"),
+                "status": "True",
+                "reason": {"Succeed": "OpsRequestProcessedSuccessfully"}.get(phase, f"OpsRequest{phase}"),
+                "message": message or f"simulated backup: {phase}",
+                "lastTransitionTime": _now(),
+            }
+        ]
+        if status.get("phase") == phase:
+            return
+        await self.client.patch(
+            OpsRequest.Status,
+            metadata["name"],
+            {"status": new_status},
+            namespace=self.namespace,
+            patch_type=PatchType.MERGE,
+        )
 
     async def reconcile(self, cluster: dict[str, Any]) -> None:
         metadata = cluster["metadata"]

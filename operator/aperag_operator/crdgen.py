@@ -230,6 +230,12 @@ def build_crd() -> dict[str, Any]:
                             "description": "ApeRAG version asked for.",
                         },
                         {
+                            "name": "Running",
+                            "type": "string",
+                            "jsonPath": ".status.version",
+                            "description": "ApeRAG version that is running.",
+                        },
+                        {
                             "name": "Ready",
                             "type": "string",
                             "jsonPath": '.status.conditions[?(@.type=="Ready")].status',

@@ -1,4 +1,6 @@
-"""Alembic upgrade/downgrade on a database holding data, the advisory lock, and the CLI's JSON."""
+"""Alembic upgrade/downgrade on a database holding data, the advisory lock, the CLI's JSON reports, a
+failing revision and a second head through the test-only migrations location, and the readiness
+contract of the schema (behind: not ready; ahead: ready)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,17 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect, text
 
 from aperag import migrate
+from aperag.api.app import create_app
+from aperag.context import AppContext
 from tests.app.conftest import settings_from
+from tests.app.migration_fixtures import failing_release, next_release, release_head, second_head
 
 
 def _columns(url: str, table: str) -> set[str]:
@@ -37,7 +44,8 @@ def test_upgrade_downgrade_roundtrip_keeps_data(app_env_factory: Callable[..., d
     url = settings_from(app_env_factory(migrate=False)).database_url
     assert migrate.current(url)["current"] == []
     migrate.upgrade(url)
-    assert migrate.current(url) == {"current": ["0002"], "heads": ["0002"], "up_to_date": True}
+    head = release_head()
+    assert migrate.current(url) == {"current": [head], "heads": [head], "up_to_date": True}
     _sql(url, "INSERT INTO collections (id, name) VALUES ('c1', 'kept')")
     _sql(
         url,
@@ -103,11 +111,14 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_migrate_commands_print_json(app_env_factory: Callable[..., dict[str, str]]) -> None:
     env = app_env_factory(migrate=False)
+    head = release_head()
     heads = _cli(env, "migrate", "heads")
     assert heads.returncode == 0, heads.stderr
-    assert json.loads(heads.stdout) == {"heads": ["0002"]}
+    assert json.loads(heads.stdout) == {"heads": [head], "single": True}
+    # Alembic's plugin announcements are silenced.
+    assert "alembic.runtime.plugins" not in heads.stderr
     before = _cli(env, "migrate", "current")
-    assert json.loads(before.stdout) == {"current": [], "heads": ["0002"], "up_to_date": False}
+    assert json.loads(before.stdout) == {"current": [], "heads": [head], "up_to_date": False}
     up = _cli(env, "migrate", "upgrade", "0001", "--skip-stores")
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout.strip().splitlines()[-1])["current"] == ["0001"]
@@ -116,15 +127,240 @@ def test_cli_migrate_commands_print_json(app_env_factory: Callable[..., dict[str
     down = _cli(env, "migrate", "downgrade", "base")
     assert json.loads(down.stdout.strip().splitlines()[-1])["current"] == []
     missing = _cli(env, "migrate", "downgrade")
-    assert missing.returncode != 0
+    assert missing.returncode == 2 and "needs a revision" in missing.stderr
 
 
 def test_cli_without_database_refuses_clearly() -> None:
     result = _cli({}, "migrate", "current")
-    assert result.returncode != 0 and "POSTGRES_HOST" in result.stderr
+    assert result.returncode == 2 and "POSTGRES_HOST" in result.stderr  # a configuration error
 
 
 @pytest.mark.parametrize("bad", [{"VECTOR_DB_TYPE": "nope"}, {"CHUNK_SIZE": "x"}])
 def test_cli_reports_config_errors(bad: dict[str, str]) -> None:
     result = _cli(bad, "migrate", "heads")
     assert result.returncode == 2 and "configuration error" in result.stderr
+
+
+# --- reports, failures and the test-only migrations location ---------------------------------------
+
+
+def _report(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The JSON report: the last line of stdout."""
+    report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The error on stderr: one ``migrate: Reason: message`` line, never a traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("migrate: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_upgrade_report_goes_to_stdout_and_the_termination_file(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    env = app_env_factory(migrate=False)
+    report_file = tmp_path / "termination-log"
+    up = _cli({**env, migrate.REPORT_FILE_ENV: str(report_file)}, "migrate", "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    head = release_head()
+    report = _report(up)
+    assert report == json.loads(report_file.read_text())
+    assert report["ok"] is True and report["action"] == "upgrade" and report["target"] == "head"
+    assert report["before"] == [] and report["current"] == [head] and report["heads"] == [head]
+    assert report["changed"] is True and report["up_to_date"] is True
+    # Nothing to do the second time: still a report, saying nothing changed. The flag beats the env.
+    flagged = tmp_path / "flagged"
+    again = _cli(env, "migrate", "upgrade", "head", "--report-file", str(flagged))
+    assert _report(again)["changed"] is False and json.loads(flagged.read_text())["ok"] is True
+
+
+def test_failing_revision_leaves_the_schema_where_it_was(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    env = app_env_factory()  # at the release's head, with the store schemas
+    url = settings_from(env).database_url
+    head = release_head()
+    _sql(url, "INSERT INTO collections (id, name) VALUES ('c1', 'kept')")
+    extra = failing_release(tmp_path / "extra")
+    result = _cli({**env, migrate.EXTRA_DIR_ENV: str(extra)}, "migrate", "upgrade", "head")
+    assert result.returncode == 1
+    report = _report(result)
+    assert report["ok"] is False and report["reason"] == "MigrationFailed"
+    assert "table_that_does_not_exist" in str(report["message"])
+    # The good revision of the same run was rolled back with the failing one: one transaction.
+    assert report["before"] == [head] and report["current"] == [head] and report["changed"] is False
+    assert report["heads"] == ["t_broken"]
+    assert "MigrationFailed" in _one_line_error(result)
+    assert migrate.current(url)["current"] == [head]
+    assert "half_done" not in inspect(create_engine(url)).get_table_names()
+    assert "broken" not in _columns(url, "documents")
+    assert _sql(url, "SELECT name FROM collections") == [("kept",)]
+
+
+def test_second_head_is_refused_before_the_database_is_touched(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    env = app_env_factory(migrate=False)
+    url = settings_from(env).database_url
+    forked = {**env, migrate.EXTRA_DIR_ENV: str(second_head(tmp_path / "extra"))}
+    heads = _cli(forked, "migrate", "heads")
+    assert json.loads(heads.stdout) == {"heads": sorted([release_head(), "t_fork"]), "single": False}
+    result = _cli(forked, "migrate", "upgrade", "head")
+    assert result.returncode == 1
+    report = _report(result)
+    assert report["reason"] == "MultipleHeads" and report["changed"] is False
+    assert "before" not in report and "current" not in report  # it never connected
+    assert "t_fork" in str(report["message"]) and release_head() in str(report["message"])
+    assert "MultipleHeads" in _one_line_error(result)
+    # Not even Alembic's version table was created.
+    assert "alembic_version" not in inspect(create_engine(url)).get_table_names()
+
+
+def test_unknown_revision_is_one_line_not_a_traceback(app_env_factory: Callable[..., dict[str, str]]) -> None:
+    env = app_env_factory()
+    result = _cli(env, "migrate", "downgrade", "no_such_revision")
+    assert result.returncode == 1
+    assert _report(result)["reason"] == "UnknownRevision"
+    assert "no_such_revision" in _one_line_error(result)
+
+
+def test_an_older_release_meets_a_newer_schema(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """The database was migrated by a newer release: the older code's upgrade refuses and changes
+    nothing, naming the revision it does not know (what the operator reads to refuse a version)."""
+    env = app_env_factory()
+    newer = {**env, migrate.EXTRA_DIR_ENV: str(next_release(tmp_path / "extra"))}
+    assert _cli(newer, "migrate", "upgrade", "head").returncode == 0
+    result = _cli(env, "migrate", "upgrade", "head")
+    assert result.returncode == 1
+    report = _report(result)
+    assert report["reason"] == "UnknownRevision" and report["changed"] is False
+    assert report["current"] == ["t_next"] and "newer release" in str(report["message"])
+
+
+def test_unreachable_database_is_a_retryable_exit_code(app_env_factory: Callable[..., dict[str, str]]) -> None:
+    env = {**app_env_factory(migrate=False), "POSTGRES_PORT": "1"}
+    result = _cli(env, "migrate", "upgrade", "head")
+    assert result.returncode == 3
+    assert _report(result)["reason"] == "DatabaseUnavailable"
+    _one_line_error(result)
+
+
+def test_missing_database_settings_still_report(tmp_path: Path) -> None:
+    report_file = tmp_path / "report"
+    result = _cli({migrate.REPORT_FILE_ENV: str(report_file)}, "migrate", "upgrade", "head")
+    assert result.returncode == 2
+    assert json.loads(report_file.read_text())["reason"] == "NotConfigured"
+
+
+def test_report_fits_the_termination_message_limit() -> None:
+    report = migrate.Report(
+        ok=False, action="upgrade", target="head", heads=["0002"], before=["0001"], current=["0001"],
+        reason="MigrationFailed", message="x" * 10_000,
+    )  # fmt: skip
+    encoded = report.to_json()
+    assert len(encoded.encode()) <= migrate.REPORT_LIMIT
+    decoded = json.loads(encoded)
+    assert decoded["reason"] == "MigrationFailed" and decoded["current"] == ["0001"]
+    assert decoded["message"].endswith("...")
+
+
+def test_downgrade_to_base_drops_the_store_tables(app_env_factory: Callable[..., dict[str, str]]) -> None:
+    env = app_env_factory(migrate=False)
+    url = settings_from(env).database_url
+    assert _cli(env, "migrate", "upgrade", "head").returncode == 0  # creates the store tables too
+    _sql(url, "INSERT INTO fulltext_chunks (chunk_id, document_id, collection_id, text) VALUES ('x', 'd', 'c', 't')")
+    _sql(
+        url,
+        "INSERT INTO vector_chunks (chunk_id, document_id, collection_id, embedding) "
+        "VALUES ('x', 'd', 'c', CAST(:v AS vector))",
+        {"v": "[" + ",".join(["0.1"] * 384) + "]"},
+    )
+    down = _cli(env, "migrate", "downgrade", "base")
+    assert down.returncode == 0, down.stderr
+    assert not {"vector_chunks", "fulltext_chunks"} & set(inspect(create_engine(url)).get_table_names())
+    assert _cli(env, "migrate", "upgrade", "head").returncode == 0
+    assert _sql(url, "SELECT count(*) FROM vector_chunks") == [(0,)]
+    assert _sql(url, "SELECT count(*) FROM fulltext_chunks") == [(0,)]
+
+
+# --- readiness contract -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def extra_dir_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path | None], None]:
+    """Sets or clears the test-only migrations location in this process (restored afterwards)."""
+
+    def use(directory: Path | None) -> None:
+        if directory is None:
+            monkeypatch.delenv(migrate.EXTRA_DIR_ENV, raising=False)
+        else:
+            monkeypatch.setenv(migrate.EXTRA_DIR_ENV, str(directory))
+
+    return use
+
+
+def test_not_ready_while_the_schema_is_behind(app_env_factory: Callable[..., dict[str, str]]) -> None:
+    env = app_env_factory()
+    url = settings_from(env).database_url
+    migrate.downgrade(url, "0001")
+    ctx = AppContext(settings=settings_from(env))
+    with TestClient(create_app(ctx)) as client:
+        resp = client.get("/health/ready")
+        assert resp.status_code == 503
+        checks = resp.json()["checks"]
+        assert checks["database"] == "ok"
+        assert checks["schema"].startswith("error: database schema at 0001")
+
+
+def test_ready_when_the_schema_is_ahead(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path, extra_dir_env: Callable[[Path | None], None]
+) -> None:
+    """An old pod during a rollout (or after a rollback) keeps serving on the newer schema."""
+    env = app_env_factory()
+    url = settings_from(env).database_url
+    extra_dir_env(next_release(tmp_path / "extra"))
+    migrate.upgrade(url)
+    extra_dir_env(None)  # this process is now the older release
+    assert migrate.current(url)["current"] == ["t_next"]
+    ctx = AppContext(settings=settings_from(env))
+    with TestClient(create_app(ctx)) as client:
+        resp = client.get("/health/ready")
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["checks"]["schema"] == "ok"
+
+
+def test_schema_check_caches_then_sees_the_migration(
+    app_env_factory: Callable[..., dict[str, str]],
+) -> None:
+    env = app_env_factory(migrate=False)
+    url = settings_from(env).database_url
+    engine = create_engine(url)
+    now = [1000.0]
+    check = migrate.SchemaCheck(lambda: engine, ttl=5.0, clock=lambda: now[0])
+    try:
+        with pytest.raises(migrate.SchemaBehind, match="never migrated"):
+            check()
+        migrate.upgrade(url)
+        now[0] += 4.9  # still cached: probes do not query the database every time
+        with pytest.raises(migrate.SchemaBehind):
+            check()
+        now[0] += 0.2
+        check()
+        assert check.state().position == "current"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "database, position",
+    [([], "behind"), (["0001"], "behind"), (["HEAD"], "current"), (["from_the_future"], "ahead")],
+)
+def test_schema_position(database: list[str], position: str) -> None:
+    head = release_head()
+    revisions = [head if rev == "HEAD" else rev for rev in database]
+    assert migrate.schema_position(revisions, migrate.script_directory()).position == position

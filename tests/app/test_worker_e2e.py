@@ -55,7 +55,7 @@ def test_worker_serves_health_endpoints_for_its_probes(
     base = f"http://127.0.0.1:{worker_env['HEALTH_PORT']}"
     assert get_json(f"{base}/health/live") == (200, {"status": "ok"})
     assert get_json(f"{base}/health/ready") == (
-        200, {"ready": True, "checks": {"redis": "ok", "database": "ok"}}
+        200, {"ready": True, "checks": {"redis": "ok", "database": "ok", "schema": "ok"}}
     )  # fmt: skip
 
 

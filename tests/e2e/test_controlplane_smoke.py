@@ -23,7 +23,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod
 
-from e2e.controlplane.localcluster import FAIL_LABEL, NEVER_READY_LABEL
+from e2e.controlplane.localcluster import FAIL_LABEL, NEVER_READY_LABEL, TERMINATION_MESSAGE_ANNOTATION
 from tests.harness.cluster import Cluster
 from tests.harness.wait import wait_until
 
@@ -71,13 +71,20 @@ async def test_deployment_reaches_three_available_replicas_on_kwok_nodes(kube: A
         assert pod.spec.nodeName.startswith("kwok-node-")
 
 
-def _job(name: str, namespace: str, *, pod_labels: dict[str, str] | None = None, backoff_limit: int = 0) -> Job:
+def _job(
+    name: str,
+    namespace: str,
+    *,
+    pod_labels: dict[str, str] | None = None,
+    pod_annotations: dict[str, str] | None = None,
+    backoff_limit: int = 0,
+) -> Job:
     return Job(
         metadata=ObjectMeta(name=name, namespace=namespace),
         spec=JobSpec(
             backoffLimit=backoff_limit,
             template=PodTemplateSpec(
-                metadata=ObjectMeta(labels=pod_labels or {}),
+                metadata=ObjectMeta(labels=pod_labels or {}, annotations=pod_annotations or {}),
                 spec=PodSpec(restartPolicy="Never", containers=[_container()]),
             ),
         ),
@@ -112,6 +119,30 @@ async def test_job_with_failure_marker_fails_after_its_backoff_limit(kube: Async
     assert pods and all(p.status.phase == "Failed" for p in pods)
     exit_codes = {s.state.terminated.exitCode for p in pods for s in p.status.containerStatuses}
     assert exit_codes == {1}
+
+
+REPORT = '{"ok": true, "action": "upgrade", "current": ["0002"], "message": "it\'s \\"quoted\\""}'
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["completes", "fails"])
+async def test_termination_message_annotation_plays_the_job_report(
+    kube: AsyncClient, namespace: str, fails: bool
+) -> None:
+    """kwok runs no container: the annotation is the message the container would have written."""
+    labels = {FAIL_LABEL: "true"} if fails else {}
+    annotations = {TERMINATION_MESSAGE_ANNOTATION: REPORT}
+    await kube.create(_job("report", namespace, pod_labels=labels, pod_annotations=annotations))
+
+    async def finished() -> Job | None:
+        job = await kube.get(Job, "report", namespace=namespace)
+        return job if _job_condition(job, "Failed" if fails else "Complete") else None
+
+    await wait_until(finished, timeout=60, what="Job report finished")
+    (pod,) = [p async for p in kube.list(Pod, namespace=namespace, labels={"job-name": "report"})]
+    (status,) = pod.status.containerStatuses
+    assert status.state.terminated.message == REPORT
+    assert status.state.terminated.exitCode == (1 if fails else 0)
+    assert pod.status.phase == ("Failed" if fails else "Succeeded")
 
 
 async def test_never_ready_marker_keeps_a_pod_running_but_not_ready(kube: AsyncClient, namespace: str) -> None:

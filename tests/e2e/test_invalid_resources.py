@@ -173,6 +173,31 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         {**V, "image": {"pullSecrets": ["Not_A_Name"]}},
         ["spec.image.pullSecrets[0]", "should match"],
     ),
+    (
+        "migration-timeout-too-short",
+        {**V, "upgrade": {"migrationTimeoutSeconds": 5}},
+        ["spec.upgrade.migrationTimeoutSeconds", "greater than or equal to 30"],
+    ),
+    (
+        "history-limit-zero",
+        {**V, "upgrade": {"historyLimit": 0}},
+        ["spec.upgrade.historyLimit", "greater than or equal to 1"],
+    ),
+    (
+        "migration-job-reserved-label",
+        {**V, "upgrade": {"migrationJob": {"podLabels": {"app.kubernetes.io/component": "x"}}}},
+        ["spec.upgrade.migrationJob.podLabels", "app.kubernetes.io/* labels are set by the operator"],
+    ),
+    (
+        "migration-job-bad-label-value",
+        {**V, "upgrade": {"migrationJob": {"podLabels": {"team": "not a value"}}}},
+        ["spec.upgrade.migrationJob.podLabels.team", "should match"],
+    ),
+    (
+        "migration-job-bad-annotation-key",
+        {**V, "upgrade": {"migrationJob": {"podAnnotations": {"bad key": "x"}}}},
+        ["spec.upgrade.migrationJob.podAnnotations", "annotation keys must be qualified names"],
+    ),
 ]
 
 
@@ -203,6 +228,16 @@ def test_valid_minimal_resource_gets_defaults(cluster: Cluster, aperag_crd: str,
     assert spec["components"]["beat"]["replicas"] == 1
     assert spec["objectStorage"]["type"] == "local"
     assert spec["objectStorage"]["local"]["size"] == "10Gi"
+    assert spec["upgrade"] == {
+        "runMigrations": True,
+        "migrationTimeoutSeconds": 600,
+        "progressDeadlineSeconds": 600,
+        "backupBeforeUpgrade": False,
+        "backupTimeoutSeconds": 3600,
+        "rollbackOnFailure": True,
+        "historyLimit": 10,
+        "migrationJob": {},
+    }
     explain = cluster.kubectl("explain", "aperag.spec.components.beat.replicas").stdout
     assert "two schedulers would run every task twice" in explain
 

@@ -9,12 +9,22 @@ from typing import Any
 
 import pytest
 import yaml
+from aperag_operator.builders import backup_opsrequest
+from aperag_operator.builders.common import Instance, Release
 from aperag_operator.builders.kubeblocks_cluster import build_database_clusters, managed_databases
 from aperag_operator.spec.databases import DatabasesSpec
+from aperag_operator.spec.model import parse_spec
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret, Service
 
-from e2e.simulators.kubeblocks import ANNOTATION_PHASE, Cluster, KubeBlocksSimulator
+from e2e.simulators.kubeblocks import (
+    ANNOTATION_BACKUP_PHASE,
+    ANNOTATION_MESSAGE,
+    ANNOTATION_PHASE,
+    Cluster,
+    KubeBlocksSimulator,
+    OpsRequest,
+)
 from tests.harness.cluster import Cluster as LocalCluster
 from tests.harness.wait import wait_until
 
@@ -104,6 +114,27 @@ def _contains(actual: Any, wanted: Any) -> bool:
     if isinstance(wanted, list):
         return isinstance(actual, list) and len(actual) == len(wanted) and all(map(_contains, actual, wanted))
     return bool(actual == wanted)
+
+
+def test_backup_opsrequest_passes_the_upstream_schema(
+    cluster: LocalCluster, upstream_crds: list[str], namespace: str
+) -> None:
+    inst = Instance("up", namespace, "00000000-0000-0000-0000-00000000000b", parse_spec({"version": "0.5.0"}))
+    request = backup_opsrequest.request("up", "up-pg", Release("0.5.0", "ghcr.io/apecloud/aperag:0.5.0"), 1)
+    ops = backup_opsrequest.build(inst, request)
+    ops["metadata"].pop("ownerReferences")  # no ApeRAG object behind this test's uid
+    result = apply(cluster, ops, namespace)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(
+        cluster.kubectl("get", "opsrequests.operations.kubeblocks.io", ops["metadata"]["name"], "-n", namespace,
+                        "-o", "json").stdout
+    )  # fmt: skip
+    # Nothing was pruned: every field we sent is known to the schema.
+    assert _contains(stored["spec"], ops["spec"]), (ops["spec"], stored["spec"])
+    ops["spec"]["type"] = "Snapshot"
+    ops["metadata"]["name"] = "bad-type"
+    refused = apply(cluster, ops, namespace)
+    assert refused.returncode != 0 and "spec.type" in refused.stderr
 
 
 # --- the databases CEL rules of the ApeRAG CRD -------------------------------------------------------------
@@ -262,4 +293,42 @@ async def test_simulator_abnormal_on_demand_and_generation(
         assert apply(cluster, pg, namespace).returncode == 0
         await wait_until(phase_is("Running"), timeout=30, what="Running again")
         assert (await status())["observedGeneration"] == 2
+        assert not sim.errors
+
+
+async def test_simulator_completes_or_fails_backup_opsrequests(
+    cluster: LocalCluster, upstream_crds: list[str], namespace: str, kube: AsyncClient
+) -> None:
+    """Backups on a healthy Cluster succeed; a Cluster annotated to fail them fails them with its message;
+    a backup of a Cluster that does not exist fails."""
+    inst = Instance("bk", namespace, "00000000-0000-0000-0000-00000000000c", parse_spec({"version": "0.5.0"}))
+    (good, doomed) = [
+        build_database_clusters(name, namespace, DatabasesSpec(), None, LABELS)[0] for name in ("good", "doomed")
+    ]
+    doomed["metadata"]["annotations"] = {ANNOTATION_BACKUP_PHASE: "Failed", ANNOTATION_MESSAGE: "disk full"}
+    release = Release("0.5.0", "ghcr.io/apecloud/aperag:0.5.0")
+
+    async def phase(name: str) -> str:
+        obj = (await kube.get(OpsRequest, name, namespace=namespace)).to_dict()  # type: ignore[no-untyped-call]
+        return str((obj.get("status") or {}).get("phase") or "")
+
+    async with KubeBlocksSimulator(kube, namespace, provisioning_seconds=0.3) as sim:
+        for obj in (good, doomed):  # first: a backup of a Cluster that does not exist (yet) fails
+            assert apply(cluster, obj, namespace).returncode == 0
+        expected = {}
+        for cluster_name, outcome in (("good-pg", "Succeed"), ("doomed-pg", "Failed"), ("missing-pg", "Failed")):
+            ops = backup_opsrequest.build(inst, backup_opsrequest.request(cluster_name, cluster_name, release, 1))
+            ops["metadata"].pop("ownerReferences")
+            assert apply(cluster, ops, namespace).returncode == 0
+            expected[ops["metadata"]["name"]] = outcome
+        for name, outcome in expected.items():
+
+            async def finished(name: str = name, outcome: str = outcome) -> bool:
+                return await phase(name) == outcome
+
+            await wait_until(finished, timeout=30, what=f"OpsRequest {name} {outcome}")
+        doomed_ops = next(n for n in expected if n.startswith("doomed-pg"))
+        obj = (await kube.get(OpsRequest, doomed_ops, namespace=namespace)).to_dict()  # type: ignore[no-untyped-call]
+        assert obj["status"]["conditions"][0]["message"] == "disk full"
+        assert obj["status"]["completionTimestamp"]
         assert not sim.errors

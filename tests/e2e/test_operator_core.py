@@ -136,7 +136,7 @@ async def test_minimal_resource_becomes_ready(cluster: Cluster, namespace: str, 
     assert pods is not None and len(pods["items"]) == 2 + 2 + 1 + 1
 
     table = cluster.kubectl("get", "aperag", "-n", namespace).stdout
-    assert table.split()[:5] == ["NAME", "VERSION", "READY", "PHASE", "AGE"]
+    assert table.split()[:6] == ["NAME", "VERSION", "RUNNING", "READY", "PHASE", "AGE"]
     assert "rag" in table and "0.5.0" in table and "True" in table and "Ready" in table
     short = cluster.kubectl("get", "apr", "-n", namespace, "-o", "name").stdout.strip()
     assert short == "aperag.aperag.io/rag"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aperag_operator.builders import deployment, ingress, network_policy, pvc, service_account
 from aperag_operator.builders.children import desired_children
 from aperag_operator.builders.common import SPEC_HASH_ANNOTATION
@@ -17,10 +14,9 @@ from aperag_operator.contributors.base import ordered
 from aperag_operator.kinds import key
 from aperag_operator.reconcile import decide
 
+from .golden import assert_golden
 from .helpers import instance
 from .observed import StaticObserved
-
-GOLDEN = Path(__file__).parent / "golden"
 
 FULL_SPEC: dict[str, Any] = {
     "components": {
@@ -59,14 +55,8 @@ def all_desired(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case,spec", [("minimal", {}), ("full", FULL_SPEC)])
 def test_golden(case: str, spec: dict[str, Any]) -> None:
-    """The whole desired set against a reviewed file. A missing golden file fails: regenerating them is an
-    explicit command (`make golden`), whose diff is reviewed like code."""
-    text = yaml.safe_dump_all(all_desired(spec), sort_keys=True)
-    path = GOLDEN / f"{case}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-    assert path.exists(), f"golden file {path} is missing; `make golden` writes it (review the result)"
-    assert path.read_text() == text, f"golden file {path} differs; `make golden` refreshes it after review"
+    """The whole desired set (core and contributed children) against a reviewed file."""
+    assert_golden(case, all_desired(spec))
 
 
 def test_names_labels_and_owner() -> None:

@@ -74,7 +74,7 @@ def test_defaults_and_rules_present() -> None:
     assert spec["required"] == ["version"]
     crd = crdgen.build_crd()
     version = crd["spec"]["versions"][0]
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Version", "Ready", "Phase", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Version", "Running", "Ready", "Phase", "Age"]
     assert version["subresources"] == {"status": {}}
     assert crd["spec"]["names"]["shortNames"] == ["apr"]
 

@@ -63,7 +63,16 @@ def upgrade() -> None:
     op.create_index("ix_chunks_collection_id", "chunks", ["collection_id"])
 
 
+#: Tables the stores create next to the migrated ones (``aperag migrate upgrade`` runs their
+#: ``ensure_schema`` after the revisions, because their shape depends on settings). Their rows point at
+#: documents and chunks, so a downgrade to base drops them too: otherwise they would outlive the rows
+#: they index and come back orphaned after the next upgrade.
+STORE_TABLES = ("vector_chunks", "fulltext_chunks")
+
+
 def downgrade() -> None:
+    for table in STORE_TABLES:
+        op.execute(f"DROP TABLE IF EXISTS {table}")
     op.drop_table("chunks")
     op.drop_table("documents")
     op.drop_table("collections")

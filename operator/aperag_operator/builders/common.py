@@ -33,6 +33,26 @@ HEALTH_PORT = 8001
 APP_UID = 1000
 
 
+@dataclass(frozen=True, order=True)
+class Release:
+    """A release of the app: the version (the pods' app.kubernetes.io/version label) and the app image
+    (``repository:tag``) the api, worker, beat and flower containers run."""
+
+    version: str
+    image: str
+
+    @property
+    def tag(self) -> str:
+        """The image's tag (the frontend image of a release has the same tag)."""
+        last = self.image.rsplit("/", 1)[-1]
+        return last.rsplit(":", 1)[1] if ":" in last else self.version
+
+
+def target_release(spec: ApeRAGSpec) -> Release:
+    """The release the spec asks for."""
+    return Release(spec.version, f"{spec.image.repository}:{spec.image.tag or spec.version}")
+
+
 @dataclass(frozen=True)
 class Instance:
     """What the builders know about one ApeRAG resource."""
@@ -42,10 +62,19 @@ class Instance:
     uid: str
     spec: ApeRAGSpec
     generation: int = 1
+    #: The release the Deployments run when it is not the spec's target (an upgrade or a rollback is
+    #: under way): their images and version labels come from it. Everything else (Services, ConfigMap,
+    #: the rest of the pod spec) follows the spec. None: the spec's target.
+    release: Release | None = None
 
     @property
     def image_tag(self) -> str:
         return self.spec.image.tag or self.spec.version
+
+    @property
+    def workload_release(self) -> Release:
+        """The release the Deployments run: ``release`` when set, else the spec's target."""
+        return self.release or target_release(self.spec)
 
 
 def child_name(inst: Instance, suffix: str | None = None) -> str:
@@ -60,13 +89,14 @@ def selector_labels(inst: Instance, component: str | None = None) -> dict[str, s
     return labels
 
 
-def labels(inst: Instance, component: str | None = None) -> dict[str, str]:
-    """The standard app.kubernetes.io labels of a child. Never copied from the resource's own labels."""
+def labels(inst: Instance, component: str | None = None, version: str | None = None) -> dict[str, str]:
+    """The standard app.kubernetes.io labels of a child. Never copied from the resource's own labels.
+    ``version`` defaults to the spec's (Deployments and migration Jobs pass their release's)."""
     return {
         **selector_labels(inst, component),
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/version": inst.spec.version,
+        "app.kubernetes.io/version": version or inst.spec.version,
     }
 
 
@@ -81,11 +111,11 @@ def owner_reference(inst: Instance) -> Obj:
     }
 
 
-def metadata(inst: Instance, name: str, component: str | None = None) -> Obj:
+def metadata(inst: Instance, name: str, component: str | None = None, version: str | None = None) -> Obj:
     return {
         "name": name,
         "namespace": inst.namespace,
-        "labels": labels(inst, component),
+        "labels": labels(inst, component, version),
         "ownerReferences": [owner_reference(inst)],
     }
 

@@ -495,13 +495,98 @@ class PodDisruptionBudgetSpec(Spec):
     max_unavailable: int = Field(default=1, ge=1, description="Pods of a component that may be evicted at once.")
 
 
-# --- placeholders filled by later issues -------------------------------------------------------------
+# --- upgrades ----------------------------------------------------------------------------------------
+
+
+def _pod_metadata_rules(what: Literal["label", "annotation"]) -> dict[str, Any]:
+    """Key syntax checked at admission, not when the Job is created."""
+    rules = [
+        cel(
+            f"self.all(k, k.matches(r'{QUALIFIED_NAME_PATTERN}'))",
+            f"{what} keys must be qualified names (an optional DNS prefix and '/', then at most 63 "
+            "characters)",
+        )
+    ]
+    if what == "label":
+        rules.append(
+            cel(
+                "self.all(k, !k.startsWith('app.kubernetes.io/'))",
+                "app.kubernetes.io/* labels are set by the operator",
+            )
+        )
+    return {"x-kubernetes-validations": rules}
+
+
+class MigrationJobSpec(Spec):
+    """Pod template metadata of the migration Jobs (for example to pick outcomes in tests, or for a
+    service mesh sidecar annotation)."""
+
+    pod_labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Extra labels on the migration pods. app.kubernetes.io/* keys are reserved.",
+        json_schema_extra=_pod_metadata_rules("label"),
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Extra annotations on the migration pods.",
+        json_schema_extra=_pod_metadata_rules("annotation"),
+    )
 
 
 class UpgradeSpec(Spec):
-    """How version changes are rolled out (reserved: filled in by the upgrade issue)."""
+    """How a change of version or image is rolled out: migration Job, health gate, automatic rollback
+    (docs/api.md, "Upgrades and rollbacks")."""
 
-    run_migrations: bool = Field(default=True, description="Run database migrations as a Job before rolling out.")
+    run_migrations: bool = Field(
+        default=True,
+        description="Run `aperag migrate upgrade head` as a Job with the new image before any pod runs it "
+        "(first install included). false: no Job (for users who migrate by hand); the status says so.",
+    )
+    migration_timeout_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="activeDeadlineSeconds of each migration Job; a Job still running then fails (and is "
+        "rolled back like any failed migration).",
+    )
+    progress_deadline_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="Health gate: every enabled component's Deployment must be updated and available at "
+        "the new version within this many seconds of the rollout's start, or the rollout failed.",
+    )
+    backup_before_upgrade: bool = Field(
+        default=False,
+        description="Back up the managed PostgreSQL (a KubeBlocks Backup OpsRequest) before migrating; a "
+        "failed backup stops the upgrade before anything changed. Ignored, and said so in the status, "
+        "for an external PostgreSQL.",
+    )
+    backup_timeout_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=604800,
+        description="How long the pre-upgrade backup may take (the OpsRequest's timeoutSeconds).",
+    )
+    rollback_on_failure: bool = Field(
+        default=True,
+        description="When the migration or the health gate fails: put the previous version back "
+        "(Deployments first, then a downgrade Job with the new image to the revision recorded for it).",
+    )
+    history_limit: int = Field(
+        default=10,
+        ge=1,
+        le=50,
+        description="How many upgrades status.history keeps (the records that make a rollback possible).",
+    )
+    migration_job: MigrationJobSpec = Field(
+        default_factory=MigrationJobSpec, description="Pod template metadata of the migration Jobs."
+    )
+
+
+# --- placeholders filled by later issues -------------------------------------------------------------
 
 
 class HorizontalScaling(Spec):
@@ -569,8 +654,13 @@ class ApeRAGSpec(Spec):
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(
         default_factory=PodDisruptionBudgetSpec, description="PodDisruptionBudgets for api and worker."
     )
-    upgrade: UpgradeSpec = Field(default_factory=UpgradeSpec, description="Upgrade behaviour (reserved).")
-    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Autoscaling (reserved).")
+    upgrade: UpgradeSpec = Field(
+        default_factory=UpgradeSpec,
+        description="How version changes are rolled out: migration Job, health gate, automatic rollback.",
+    )
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="Autoscaling (reserved)."
+    )
     observability: ObservabilitySpec = Field(
         default_factory=ObservabilitySpec, description="Metrics and tracing (reserved)."
     )
@@ -600,14 +690,125 @@ class ComponentStatus(Spec):
     ready_state: bool = Field(default=False, alias="isReady", description="All desired pods are updated and ready.")
 
 
+class ReleaseStatus(Spec):
+    """One release of the app: version, image and the database schema revision it runs on."""
+
+    version: str = Field(..., description="spec.version of the release (the pods' app.kubernetes.io/version).")
+    image: str = Field(..., description="The app image (repository:tag) of the release.")
+    revision: str | None = Field(
+        default=None,
+        description="The Alembic revision of the schema this release runs on, as its migration Job reported "
+        "it (base = an empty schema). Unset when unknown (migrations skipped, no report).",
+    )
+
+
+class TargetRef(Spec):
+    """A release the upgrade machine stopped for (version and image)."""
+
+    version: str = Field(..., description="spec.version.")
+    image: str = Field(..., description="The app image (repository:tag).")
+
+
+class UpgradeStatus(Spec):
+    """The upgrade state machine's state: what runs, what is being installed, and the step it is at. A
+    restarted operator resumes from it and from the Jobs it names."""
+
+    phase: str = Field(
+        ...,
+        description="The step under way (BackingUp, Migrating, RollingOut, RollingBack, Downgrading) or "
+        "how the last operation ended (Complete, Failed, RollbackFailed, Refused).",
+    )
+    operation: str = Field(
+        ..., description="Install (first version), Upgrade, or Rollback (spec.version set back to a version "
+        "in status.history)."
+    )
+    running: ReleaseStatus | None = Field(
+        default=None, description="The release that serves (the last one that passed the health gate)."
+    )
+    target: ReleaseStatus | None = Field(
+        default=None, description="The release being installed, or the one the last operation was about."
+    )
+    deployed: TargetRef | None = Field(
+        default=None,
+        description="The release the Deployments are set to now; unset: no Deployment may exist yet (first "
+        "install before its first migration).",
+    )
+    attempt: int = Field(
+        default=0, description="Counts operations; part of the migration Jobs' names, so each attempt has its own."
+    )
+    job: str | None = Field(default=None, description="The migration Job of the current step.")
+    backup: str | None = Field(
+        default=None, description="The Backup OpsRequest of the current (or last) operation."
+    )
+    backup_message: str | None = Field(
+        default=None, description="What happened to the pre-upgrade backup (including why none was taken)."
+    )
+    seen: bool = Field(
+        default=False,
+        description="The Job or OpsRequest of the current step has been observed (if it then disappears "
+        "before its result was read, the step failed).",
+    )
+    schema_changed: bool = Field(
+        default=False, description="The operation's migration changed the schema (a rollback must downgrade)."
+    )
+    database_revision: str | None = Field(
+        default=None, description="The schema revision the last migration Job reported."
+    )
+    reason: str | None = Field(
+        default=None,
+        description="Why the operation failed or is being rolled back (MigrationFailed, MultipleHeads, "
+        "RolloutFailed, BackupFailed, RollbackFailed, UnknownVersion, Cancelled).",
+    )
+    message: str = Field(default="", description="Human-readable account of the step or the outcome.")
+    started_at: str | None = Field(default=None, description="When the operation started (RFC 3339).")
+    step_started_at: str | None = Field(default=None, description="When the current step started (RFC 3339).")
+    finished_at: str | None = Field(default=None, description="When the operation ended (RFC 3339).")
+    stopped_for: TargetRef | None = Field(
+        default=None,
+        description="After Failed, RollbackFailed or Refused: the spec's version and image when it stopped. "
+        "Nothing is retried until spec.version or spec.image changes, or the annotation "
+        "aperag.io/retry-upgrade gets a new value.",
+    )
+    retry_token: str | None = Field(
+        default=None, description="The value of aperag.io/retry-upgrade when the operation stopped."
+    )
+
+
+class HistoryEntry(Spec):
+    """One finished operation (newest last)."""
+
+    version: str = Field(..., description="The version installed (or attempted).")
+    image: str = Field(..., description="Its app image.")
+    revision: str | None = Field(
+        default=None, description="The schema revision it ran on; what a rollback to it downgrades to."
+    )
+    from_version: str | None = Field(default=None, description="The version that ran before.")
+    operation: str = Field(..., description="Install, Upgrade or Rollback.")
+    outcome: str = Field(
+        ..., description="Succeeded, Failed (rolled back or not: see message), RollbackFailed or Cancelled."
+    )
+    reason: str | None = Field(default=None, description="Why it did not succeed.")
+    message: str = Field(default="", description="What happened.")
+    started_at: str | None = Field(default=None, description="When it started (RFC 3339).")
+    finished_at: str | None = Field(default=None, description="When it ended (RFC 3339).")
+
+
 class ApeRAGStatus(Spec):
     """Observed state, written by the operator."""
 
     model_config = spec_config(**{"x-kubernetes-preserve-unknown-fields": True})
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
-    phase: str | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Paused.")
-    version: str | None = Field(default=None, description="Version of the pods that are running.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, Paused.")
+    phase: str | None = Field(
+        default=None,
+        description="Pending, Progressing, Ready, Degraded or Paused; during an upgrade the step: BackingUp, "
+        "Migrating, RollingOut or RollingBack.",
+    )
+    version: str | None = Field(
+        default=None, description="Version that is running (the last one that passed the health gate)."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded, Paused."
+    )
     components: dict[str, ComponentStatus] = Field(
         default_factory=dict, description="Per-component replica counts, keyed by component name."
     )
@@ -615,6 +816,15 @@ class ApeRAGStatus(Spec):
         default_factory=list,
         description="Each database in use (managed KubeBlocks Cluster or external) and whether it is ready; "
         "the roll-up is the DatabasesReady condition. Never contains credentials.",
+    )
+    upgrade: UpgradeStatus | None = Field(
+        default=None,
+        description="The upgrade state machine: running and target release, current step, migration Job.",
+    )
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        description="The last spec.upgrade.historyLimit operations (version, image, schema revision, start, "
+        "end, outcome), newest last. A rollback needs the target's record here.",
     )
 
 
