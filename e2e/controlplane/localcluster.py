@@ -42,6 +42,18 @@ FAIL_LABEL = "kwok.aperag.io/fail"
 #: The termination message a Job's pod ends with (kwok runs no container, so nothing writes one): the
 #: migration Job's JSON report in the upgrade tests. With FAIL_LABEL the pod fails with this message.
 TERMINATION_MESSAGE_ANNOTATION = "kwok.aperag.io/termination-message"
+#: The operator labels a migration Job's pods with its action (upgrade or downgrade). Tests steer each
+#: action on its own: labels kwok.aperag.io/fail-<action> (the pod fails) and kwok.aperag.io/hang-<action>
+#: (it runs and never ends: the Job's deadline fails it), and the annotation
+#: kwok.aperag.io/termination-message-<action> (its report), all on the same pod template.
+ACTION_LABEL = "aperag.io/migration-action"
+ACTIONS = ("upgrade", "downgrade")
+
+
+def action_marker(outcome: str, action: str) -> str:
+    """``kwok.aperag.io/fail-upgrade``, ``kwok.aperag.io/hang-downgrade``, ..."""
+    return f"kwok.aperag.io/{outcome}-{action}"
+
 
 # The controllers the tests rely on; nodelifecycle and cloud controllers stay off (kwok nodes).
 CONTROLLERS = [
@@ -117,9 +129,7 @@ def log(message: str) -> None:
 
 def build_binaries() -> Path:
     """Runs build.sh (a no-op on a warm cache) and returns the directory with the binaries."""
-    result = subprocess.run(
-        ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
-    )
+    result = subprocess.run(["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True)
     return Path(result.stdout.strip().splitlines()[-1])
 
 
@@ -159,8 +169,23 @@ def signed_cert(name: str, subject: str, pki: Path, *, server_names: list[str] |
         lines.append("extendedKeyUsage=clientAuth")
     ext.write_text("\n".join(lines) + "\n")
     openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "3650", "-sha256", "-extfile", ext.name, "-out", f"{name}.crt", cwd=pki,
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-sha256",
+        "-extfile",
+        ext.name,
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
     )
 
 
@@ -171,14 +196,31 @@ def make_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     ec_key("ca", pki)
     openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=aperag-local-ca", "-days", "3650",
-        "-sha256", "-out", "ca.crt", cwd=pki,
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=aperag-local-ca",
+        "-days",
+        "3650",
+        "-sha256",
+        "-out",
+        "ca.crt",
+        cwd=pki,
     )
     signed_cert(
-        "apiserver", "/CN=kube-apiserver", pki,
+        "apiserver",
+        "/CN=kube-apiserver",
+        pki,
         server_names=[
-            "IP:127.0.0.1", f"IP:{SERVICE_CLUSTER_FIRST_IP}", "DNS:localhost", "DNS:kubernetes",
-            "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
+            "IP:127.0.0.1",
+            f"IP:{SERVICE_CLUSTER_FIRST_IP}",
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
             "DNS:kubernetes.default.svc.cluster.local",
         ],
     )
@@ -204,12 +246,24 @@ def write_kubeconfig(path: Path, server: str, pki: Path, client: str) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "aperag-local", "cluster": {
-            "server": server, "certificate-authority-data": b64("ca.crt"),
-        }}],
-        "users": [{"name": client, "user": {
-            "client-certificate-data": b64(f"{client}.crt"), "client-key-data": b64(f"{client}.key"),
-        }}],
+        "clusters": [
+            {
+                "name": "aperag-local",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": b64("ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": client,
+                "user": {
+                    "client-certificate-data": b64(f"{client}.crt"),
+                    "client-key-data": b64(f"{client}.key"),
+                },
+            }
+        ],
         "contexts": [{"name": "aperag-local", "context": {"cluster": "aperag-local", "user": client}}],
         "current-context": "aperag-local",
     }
@@ -223,7 +277,10 @@ def write_kubeconfig(path: Path, server: str, pki: Path, client: str) -> None:
 def kwok_module_dir() -> Path:
     result = subprocess.run(
         ["go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
-        cwd=HERE / "modules" / "kwok", check=True, capture_output=True, text=True,
+        cwd=HERE / "modules" / "kwok",
+        check=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, "GOFLAGS": "-mod=mod", "GOSUMDB": "off"},
     )
     return Path(result.stdout.strip())
@@ -284,7 +341,9 @@ podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata
 startTime: {{ $now | Quote }}
 """
 
-NEVER_READY_TEMPLATE = _CONDITIONS_NOT_READY + """\
+NEVER_READY_TEMPLATE = (
+    _CONDITIONS_NOT_READY
+    + """\
 phase: Running
 containerStatuses:
 {{ range .spec.containers }}
@@ -298,16 +357,22 @@ containerStatuses:
       startedAt: {{ $now | Quote }}
 {{ end }}
 """
+)
 
-# The pod's termination-message annotation, or the given default.
+# The pod's termination-message annotation for its action, else its plain one, else the given default.
 _MESSAGE = """\
 {{ $message := "%s" }}
+{{ $action := "" }}
+{{ with .metadata.labels }}{{ with index . "aperag.io/migration-action" }}{{ $action = . }}{{ end }}{{ end }}
 {{ with .metadata.annotations }}{{ with index . "%s" }}{{ $message = . }}{{ end }}{{ end }}
+{{ with .metadata.annotations }}{{ with index . (printf "kwok.aperag.io/termination-message-%%s" $action) }}{{ $message = . }}{{ end }}{{ end }}
 """
 
 # A container that exits 1: a pod that is not restarted (a Job's) ends Failed ...
-FAILED_TEMPLATE = _MESSAGE % ("failed on purpose (kwok.aperag.io/fail)", TERMINATION_MESSAGE_ANNOTATION) + \
-    _CONDITIONS_NOT_READY + """\
+FAILED_TEMPLATE = (
+    _MESSAGE % ("failed on purpose (kwok.aperag.io/fail)", TERMINATION_MESSAGE_ANNOTATION)
+    + _CONDITIONS_NOT_READY
+    + """\
 phase: Failed
 containerStatuses:
 {{ range .spec.containers }}
@@ -325,10 +390,13 @@ containerStatuses:
       finishedAt: {{ $now | Quote }}
 {{ end }}
 """
+)
 
 # A running Job pod carrying a termination message completes with it (exit code 0), as a container that
 # wrote its termination-message file and exited would.
-COMPLETE_WITH_MESSAGE_TEMPLATE = _MESSAGE % ("", TERMINATION_MESSAGE_ANNOTATION) + """\
+COMPLETE_WITH_MESSAGE_TEMPLATE = (
+    _MESSAGE % ("", TERMINATION_MESSAGE_ANNOTATION)
+    + """\
 {{ $now := Now }}
 phase: Succeeded
 containerStatuses:
@@ -347,9 +415,12 @@ containerStatuses:
       finishedAt: {{ $now | Quote }}
 {{ end }}
 """
+)
 
 # ... and one that is restarted (restartPolicy Always) crash-loops, as a kubelet would show it.
-CRASHLOOP_TEMPLATE = _CONDITIONS_NOT_READY + """\
+CRASHLOOP_TEMPLATE = (
+    _CONDITIONS_NOT_READY
+    + """\
 phase: Running
 containerStatuses:
 {{ range .spec.containers }}
@@ -370,6 +441,7 @@ containerStatuses:
       finishedAt: {{ $now | Quote }}
 {{ end }}
 """
+)
 
 
 def kwok_stages() -> list[dict[str, Any]]:
@@ -390,15 +462,57 @@ def kwok_stages() -> list[dict[str, Any]]:
     for name in files:
         stage = yaml.safe_load((stage_root / name).read_text())
         if name.startswith("pod/") and "delete" not in name:
-            stage = _without_markers(stage)
-        stages.append(stage)
+            stages += _per_action(_without_markers(stage))
+        else:
+            stages.append(stage)
     restarted = {"key": ".spec.restartPolicy", "operator": "In", "values": ["Always"]}
     not_restarted = {"key": ".spec.restartPolicy", "operator": "NotIn", "values": ["Always"]}
     stages.append(_marker_stage("aperag-pod-never-ready", NEVER_READY_LABEL, NEVER_READY_TEMPLATE, []))
     stages.append(_marker_stage("aperag-pod-fail", FAIL_LABEL, FAILED_TEMPLATE, [not_restarted]))
     stages.append(_marker_stage("aperag-pod-crashloop", FAIL_LABEL, CRASHLOOP_TEMPLATE, [restarted]))
-    stages.append(_complete_with_message_stage())
+    stages += _per_action(_complete_with_message_stage())
+    generic_absent = [
+        {"key": f'.metadata.labels["{label}"]', "operator": "DoesNotExist"} for label in (FAIL_LABEL, NEVER_READY_LABEL)
+    ]
+    for action in ACTIONS:
+        is_action = {"key": f'.metadata.labels["{ACTION_LABEL}"]', "operator": "In", "values": [action]}
+        no_fail = {"key": f'.metadata.labels["{action_marker("fail", action)}"]', "operator": "DoesNotExist"}
+        stages.append(_marker_stage(f"aperag-pod-fail-{action}", action_marker("fail", action), FAILED_TEMPLATE,
+                                    [not_restarted, is_action, *generic_absent]))  # fmt: skip
+        stages.append(_marker_stage(f"aperag-pod-hang-{action}", action_marker("hang", action), NEVER_READY_TEMPLATE,
+                                    [is_action, no_fail, *generic_absent]))  # fmt: skip
     return stages
+
+
+def _per_action(stage: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pod stage split so that each migration action's own markers take its pods out of it: one copy for
+    pods without an action, one per action without that action's fail or hang marker. (kwok selectors
+    are conjunctions; the split keeps every pod matched by exactly one stage.)"""
+    expressions = stage["spec"]["selector"].get("matchExpressions", [])
+    out = [_with(stage, "", [*expressions, {"key": f'.metadata.labels["{ACTION_LABEL}"]', "operator": "DoesNotExist"}])]
+    for action in ACTIONS:
+        out.append(
+            _with(
+                stage,
+                f"-{action}",
+                [
+                    *expressions,
+                    {"key": f'.metadata.labels["{ACTION_LABEL}"]', "operator": "In", "values": [action]},
+                    *(
+                        {"key": f'.metadata.labels["{action_marker(outcome, action)}"]', "operator": "DoesNotExist"}
+                        for outcome in ("fail", "hang")
+                    ),
+                ],
+            )
+        )
+    return out
+
+
+def _with(stage: dict[str, Any], suffix: str, expressions: list[dict[str, Any]]) -> dict[str, Any]:
+    copy = json.loads(json.dumps(stage))
+    copy["metadata"]["name"] += suffix
+    copy["spec"]["selector"]["matchExpressions"] = expressions
+    return copy
 
 
 def _complete_with_message_stage() -> dict[str, Any]:
@@ -523,9 +637,13 @@ def up(state: Path, *, nodes: int = 2) -> ClusterInfo:
     etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
     info = ClusterInfo(
-        state_dir=str(state), bin_dir=str(bin_dir), kubernetes_version=kubernetes_version(),
-        apiserver_url=server, kubeconfig=str(state / "admin.kubeconfig"),
-        operator_kubeconfig=str(state / "operator.kubeconfig"), audit_log=str(state / "logs" / "audit.log"),
+        state_dir=str(state),
+        bin_dir=str(bin_dir),
+        kubernetes_version=kubernetes_version(),
+        apiserver_url=server,
+        kubeconfig=str(state / "admin.kubeconfig"),
+        operator_kubeconfig=str(state / "operator.kubeconfig"),
+        audit_log=str(state / "logs" / "audit.log"),
     )
     for client in ("admin", "operator", "controller-manager", "scheduler", "kwok"):
         write_kubeconfig(state / f"{client}.kubeconfig", server, pki, client)
@@ -545,7 +663,8 @@ def up(state: Path, *, nodes: int = 2) -> ClusterInfo:
         def all_nodes_ready() -> bool:
             items = api.request("GET", "/api/v1/nodes")["items"]
             ready = [
-                n for n in items
+                n
+                for n in items
                 if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
             ]
             return len(ready) >= nodes
@@ -566,70 +685,114 @@ def _start_processes(
         info.processes.append(process)
         info.save()
 
-    record(_start("etcd", [
-        str(bin_dir / "etcd"), "--name=local", f"--data-dir={state / 'etcd'}",
-        f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
-        f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
-        f"--listen-peer-urls=http://127.0.0.1:{etcd_peer_port}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer_port}",
-        f"--initial-cluster=local=http://127.0.0.1:{etcd_peer_port}",
-        "--listen-metrics-urls=", "--unsafe-no-fsync", "--log-level=warn",
-        "--quota-backend-bytes=4294967296",
-    ], state))
-    record(_start("kube-apiserver", [
-        str(bin_dir / "kube-apiserver"),
-        f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-        "--bind-address=127.0.0.1", f"--secure-port={api_port}",
-        "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
-        f"--cert-dir={state / 'certs'}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        "--authorization-mode=Node,RBAC",
-        "--allow-privileged=true",
-        # Without the node lifecycle controller nothing would lift the not-ready taint this plugin
-        # puts on new nodes; kwok reports the nodes Ready at once.
-        "--disable-admission-plugins=TaintNodesByCondition",
-        f"--audit-policy-file={state / 'audit-policy.yaml'}",
-        f"--audit-log-path={info.audit_log}", "--audit-log-format=json", "--audit-log-mode=blocking",
-        "--audit-log-maxsize=0",
-        "--profiling=false",
-        "--v=1",
-    ], state))
-    record(_start("kube-controller-manager", [
-        str(bin_dir / "kube-controller-manager"),
-        f"--kubeconfig={state / 'controller-manager.kubeconfig'}",
-        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-        f"--controllers={','.join(CONTROLLERS)}",
-        f"--service-account-private-key-file={pki / 'sa.key'}",
-        f"--root-ca-file={pki / 'ca.crt'}",
-        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        "--use-service-account-credentials=false",
-        "--concurrent-gc-syncs=10",
-        "--profiling=false",
-        "--v=1",
-    ], state))
-    record(_start("kube-scheduler", [
-        str(bin_dir / "kube-scheduler"),
-        f"--kubeconfig={state / 'scheduler.kubeconfig'}",
-        f"--authentication-kubeconfig={state / 'scheduler.kubeconfig'}",
-        f"--authorization-kubeconfig={state / 'scheduler.kubeconfig'}",
-        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-        "--profiling=false",
-        "--v=1",
-    ], state))
-    record(_start("kwok", [
-        str(bin_dir / "kwok"),
-        f"--kubeconfig={state / 'kwok.kubeconfig'}",
-        f"--config={state / 'kwok-stages.yaml'}",
-        "--manage-all-nodes=false",
-        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1",
-        f"--server-address=127.0.0.1:{free_port()}",
-    ], state))
+    record(
+        _start(
+            "etcd",
+            [
+                str(bin_dir / "etcd"),
+                "--name=local",
+                f"--data-dir={state / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer_port}",
+                f"--initial-cluster=local=http://127.0.0.1:{etcd_peer_port}",
+                "--listen-metrics-urls=",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+                "--quota-backend-bytes=4294967296",
+            ],
+            state,
+        )
+    )
+    record(
+        _start(
+            "kube-apiserver",
+            [
+                str(bin_dir / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--cert-dir={state / 'certs'}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                # Without the node lifecycle controller nothing would lift the not-ready taint this plugin
+                # puts on new nodes; kwok reports the nodes Ready at once.
+                "--disable-admission-plugins=TaintNodesByCondition",
+                f"--audit-policy-file={state / 'audit-policy.yaml'}",
+                f"--audit-log-path={info.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+                "--audit-log-maxsize=0",
+                "--profiling=false",
+                "--v=1",
+            ],
+            state,
+        )
+    )
+    record(
+        _start(
+            "kube-controller-manager",
+            [
+                str(bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={state / 'controller-manager.kubeconfig'}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--use-service-account-credentials=false",
+                "--concurrent-gc-syncs=10",
+                "--profiling=false",
+                "--v=1",
+            ],
+            state,
+        )
+    )
+    record(
+        _start(
+            "kube-scheduler",
+            [
+                str(bin_dir / "kube-scheduler"),
+                f"--kubeconfig={state / 'scheduler.kubeconfig'}",
+                f"--authentication-kubeconfig={state / 'scheduler.kubeconfig'}",
+                f"--authorization-kubeconfig={state / 'scheduler.kubeconfig'}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--profiling=false",
+                "--v=1",
+            ],
+            state,
+        )
+    )
+    record(
+        _start(
+            "kwok",
+            [
+                str(bin_dir / "kwok"),
+                f"--kubeconfig={state / 'kwok.kubeconfig'}",
+                f"--config={state / 'kwok-stages.yaml'}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=10.0.0.1",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ],
+            state,
+        )
+    )
 
 
 def down(state: Path) -> None:

@@ -415,6 +415,7 @@ class Controller:
             paused=decision.paused,
             now=_stamp(_now()),
             extra=extra,
+            phase=next((c.phase for c in decision.contributions.values() if c.phase), None),
         )
         for etype, reason, message in events:
             await self._event(body, etype, reason, message)

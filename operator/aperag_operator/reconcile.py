@@ -6,6 +6,7 @@ its inputs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -175,14 +176,19 @@ def decide(
         upstream = {name: contributions[name] for name in contributor.requires}
         contributions[contributor.name] = contributor.contribute(context, upstream)
     env = [var for c in contributions.values() for var in c.env]
+    releases = {c.workload_release for c in contributions.values() if c.workload_release is not None}
+    if len(releases) > 1:
+        raise ValueError(f"contributors disagree on the release the Deployments run: {sorted(releases)}")
+    workloads = dataclasses.replace(inst, release=releases.pop()) if releases else inst
     desired = [obj for c in contributions.values() for obj in c.children]
-    desired += desired_children(inst, env)
+    desired += desired_children(workloads, env)
     problems = prerequisites + tuple(p for c in contributions.values() for p in c.problems)
+    held = any(c.hold_workloads for c in contributions.values())
     result = plan(
         desired,
         observed_get,
         prunable(inst),
-        workloads_blocked=any(p.blocks_workloads for p in problems),
+        workloads_blocked=held or any(p.blocks_workloads for p in problems),
         deletions=[k for c in contributions.values() for k in c.deletions],
     )
     return Decision(inst, paused, problems, result, contributions)

@@ -100,8 +100,11 @@ def compute_status(
     paused: bool,
     now: str,
     extra: Obj | None = None,
+    phase: str | None = None,
 ) -> Obj:
-    """The full new status. ``extra`` is merged in (the seam for e.g. per-database state)."""
+    """The full new status. ``extra`` is merged in (contributors' status fields and conditions);
+    ``phase`` is a contributor's step (Migrating, RollingOut, ...) shown instead of the roll-up, except
+    when paused."""
     previous = previous or {}
     prev_conditions = {c.get("type", ""): c for c in previous.get("conditions") or []}
     failing = {name: st.failure for name, st in components.items() if st.failure}
@@ -117,8 +120,11 @@ def compute_status(
     else:
         degraded = (False, "AsExpected", "")
 
-    if problems or waits:
-        first = (problems or waits)[0]
+    # A wait that does not hold the workloads back (a migration while the running version serves) keeps
+    # Ready as the components are; it shows in Progressing.
+    blocking_waits = [p for p in waits if p.blocks_workloads]
+    if problems or blocking_waits:
+        first = (problems or blocking_waits)[0]
         ready = (False, first.reason, first.message)
     elif all_ready:
         ready = (True, "AllComponentsReady", "all components are ready")
@@ -152,16 +158,18 @@ def compute_status(
         )
     ]
     if paused:
-        phase = "Paused"
+        rolled_up = "Paused"
+    elif phase:
+        rolled_up = phase
     elif degraded[0]:
-        phase = "Degraded"
-    elif all_ready:
-        phase = "Ready"
+        rolled_up = "Degraded"
+    elif all_ready and not waits:
+        rolled_up = "Ready"
     else:
-        phase = "Progressing"
+        rolled_up = "Progressing"
     status: Obj = {
         "observedGeneration": generation,
-        "phase": phase,
+        "phase": rolled_up,
         "conditions": conditions,
         "components": {name: st.as_status() for name, st in components.items()},
     }

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aperag_operator.contributors.base import Contributor
 from aperag_operator.contributors.databases import DatabasesContributor
 from aperag_operator.contributors.object_storage import ObjectStorageContributor
+from aperag_operator.contributors.upgrades import UpgradesContributor
 
 
 def default_contributors() -> list[Contributor]:
-    return [DatabasesContributor(), ObjectStorageContributor()]
+    return [DatabasesContributor(), ObjectStorageContributor(), UpgradesContributor()]

@@ -20,7 +20,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from aperag_operator.builders.common import Instance, Obj
+from aperag_operator.builders.common import Instance, Obj, Release
 from aperag_operator.cache import KindState
 from aperag_operator.kinds import Kind, ObjKey
 from aperag_operator.status import Problem
@@ -78,6 +78,13 @@ class Contribution:
     events: tuple[EventSpec, ...] = ()
     #: Objects to delete (a contributor's own rule, e.g. a volume whose policy allows it).
     deletions: tuple[ObjKey, ...] = ()
+    #: The release the Deployments run when it is not the spec's target (an upgrade or a rollback is
+    #: under way). At most one contributor sets it.
+    workload_release: Release | None = None
+    #: Do not create or change any Deployment (a first install before its first migration).
+    hold_workloads: bool = False
+    #: ``status.phase`` while this contributor's operation runs (Migrating, RollingOut, ...).
+    phase: str | None = None
     #: Run this resource's reconcile again after so many seconds (a Job to poll, a deadline).
     requeue_after: float | None = None
 
