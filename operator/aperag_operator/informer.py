@@ -9,8 +9,10 @@ of a kind is complete for handlers that only watch. An informer here:
 * lists, stores the list in the cache as the whole truth for its kind and scope (objects missing from
   it are gone), marks the kind *listed* (the start-up barrier), then watches from the list's
   resourceVersion;
-* after any gap (the watch failed, the server answered 410, nothing arrived for longer than the server
-  timeout plus a margin, or ``relist_interval`` passed) lists again before watching again;
+* ends each watch request itself after ``server_timeout`` seconds and resumes from the last
+  resourceVersion seen, so a connection that died silently is replaced within that time;
+* after any gap (a watch request failed, or the server answered 410) and every ``relist_interval``,
+  lists again before watching again;
 * treats a kind the API server does not serve (no CRD) as listed-and-empty and looks again every
   ``missing_poll`` seconds, so KubeBlocks or KEDA installed later are picked up without a restart;
 * never stops on an error: it logs, backs off (capped) and tries again.
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from aperag_operator.builders.common import Obj
-from aperag_operator.cache import Cache, Change, KindState
+from aperag_operator.cache import Cache, Change, KindState, resource_version
 from aperag_operator.kinds import Kind, key
 from aperag_operator.kubeapi import ApiFailure, Failure, KubeApi
 from aperag_operator.workqueue import backoff_delay
@@ -162,29 +164,32 @@ class Informer:
             self.on_state(self.kind, self.scope, state)
 
     async def _watch(self, since: int) -> None:
-        """Applies watch events until a gap; returns to re-list."""
+        """Applies watch events until a gap or the re-list interval; returns to re-list.
+
+        Each watch request is ended by the operator after ``server_timeout`` seconds and the next one
+        resumes from the last resourceVersion seen (no re-list): so a connection that died without a
+        word is replaced within ``server_timeout`` seconds, and a quiet kind costs one request a period.
+        The server's own timeout is set later, as a backstop."""
         deadline = time.monotonic() + self.relist_interval
-        # A healthy watch sees at least the server closing it every server_timeout seconds (lightkube
-        # then resumes from the last event); silence beyond that means a dead connection.
-        quiet_limit = self.server_timeout + 30
-        events = self.api.watch(self.kind, self.scope, since, server_timeout=self.server_timeout)
-        iterator = events.__aiter__()
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    async with asyncio.timeout(min(quiet_limit, max(1.0, deadline - time.monotonic()))):
-                        event_type, obj = await iterator.__anext__()
-                except TimeoutError:
-                    if time.monotonic() >= deadline:
-                        return
-                    log.warning("%r: no event for %ss; listing again", self, quiet_limit)
-                    return
-                except StopAsyncIteration:
-                    return
-                self._apply_event(event_type, obj)
-        finally:
-            with contextlib.suppress(Exception):
-                await iterator.aclose()  # type: ignore[attr-defined]
+        last = since
+        while time.monotonic() < deadline:
+            window = min(float(self.server_timeout), max(1.0, deadline - time.monotonic()))
+            events = self.api.watch(self.kind, self.scope, last, server_timeout=self.server_timeout + 30)
+            iterator = events.__aiter__()
+            try:
+                async with asyncio.timeout(window):
+                    while True:
+                        try:
+                            event_type, obj = await iterator.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        last = max(last, resource_version(obj))
+                        self._apply_event(event_type, obj)
+            except TimeoutError:
+                pass  # the end of this request's window: resume from ``last``
+            finally:
+                with contextlib.suppress(Exception):
+                    await iterator.aclose()  # type: ignore[attr-defined]
 
     def _apply_event(self, event_type: str, obj: Obj) -> None:
         change: Change | None

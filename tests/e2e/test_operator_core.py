@@ -132,8 +132,15 @@ async def test_minimal_resource_becomes_ready(cluster: Cluster, namespace: str, 
     assert beat is not None and beat["spec"]["strategy"]["type"] == "Recreate"
     assert (kget(cluster, namespace, "ingress", "rag")) is None
 
-    pods = kget(cluster, namespace, "pods")
+    pods = kget(cluster, namespace, "pods", "-l", "app.kubernetes.io/component!=migration")
     assert pods is not None and len(pods["items"]) == 2 + 2 + 1 + 1
+    # The schema is migrated before any workload runs: the migration Job came first.
+    jobs = (kget(cluster, namespace, "jobs", "-l", "app.kubernetes.io/component=migration") or {})["items"]
+    assert len(jobs) == 1 and jobs[0]["metadata"]["name"].startswith("rag-migrate-")
+    deployments = (kget(cluster, namespace, "deployments") or {})["items"]
+    job_done = jobs[0]["status"]["completionTime"]
+    assert all(d["metadata"]["creationTimestamp"] >= job_done for d in deployments)
+    assert st["history"][-1]["version"] == "0.5.0" and st["history"][-1]["outcome"] == "Succeeded"
 
     table = cluster.kubectl("get", "aperag", "-n", namespace).stdout
     assert table.split()[:6] == ["NAME", "VERSION", "RUNNING", "READY", "PHASE", "AGE"]

@@ -74,7 +74,12 @@ async def test_cluster_wide(
         for line in map(json.loads, op.logs().splitlines())
         if line["message"].startswith("secrets in ")
     }
-    assert watched == {namespace, second_namespace}
+    with_aperags = {
+        item["metadata"]["namespace"]
+        for item in json.loads(cluster.kubectl("get", "aperags", "-A", "-o", "json").stdout)["items"]
+    }
+    assert {namespace, second_namespace} <= watched <= with_aperags
+    assert not watched & {"default", "kube-system", "kube-public"}
 
 
 async def test_several_namespaces_and_nothing_outside(
