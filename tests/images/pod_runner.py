@@ -34,6 +34,7 @@ Obj = dict[str, Any]
 KNOWN_CONTAINER_FIELDS = {
     "name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "ports", "resources",
     "securityContext", "volumeMounts", "startupProbe", "livenessProbe", "readinessProbe",
+    "terminationMessagePath", "terminationMessagePolicy",
 }  # fmt: skip
 KNOWN_SECURITY_FIELDS = {
     "runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "readOnlyRootFilesystem",
@@ -170,13 +171,22 @@ def container_run(
     objects: Objects,
     claims: Mapping[str, Path] | None = None,
     command: list[str] | None = None,
+    termination_log: Path | None = None,
 ) -> ContainerRun:
     """The container as podman runs it. ``command`` replaces the container's command and args (for a
-    command the operator runs in no Deployment, with the same pod settings)."""
+    command the operator runs in no Deployment, with the same pod settings). A container with a
+    ``terminationMessagePath`` gets ``termination_log`` (a host file, created writable) mounted there, as
+    the kubelet mounts one, so the test can read the message."""
     for unknown in set(container) - KNOWN_CONTAINER_FIELDS:
         raise ValueError(f"unsupported container field {unknown}")
     env = resolve_env(container, objects)
     options = [*_security(pod_spec, container), *_volumes(pod_spec, container, claims or {})]
+    if "terminationMessagePath" in container:
+        if termination_log is None:
+            raise ValueError("the container writes a termination message: give termination_log")
+        termination_log.touch()
+        termination_log.chmod(0o666)
+        options += ["--volume", f"{termination_log}:{container['terminationMessagePath']}:rw"]
     limit = container.get("resources", {}).get("limits", {}).get("memory")
     if limit:
         options += ["--memory", _memory(limit)]
