@@ -14,6 +14,7 @@ from aperag.embedded_pg import EmbeddedPostgres, remove_server, temporary_server
 from bench.common import redis_server
 from images.build import BuiltImage, build_all
 from tests.e2e.conftest import aperag_crd  # noqa: F401  (fixture used by the operator image test)
+from tests.images.pod_runner import remove_session_containers
 
 TOOLS = ("buildah", "podman", "runc", "mmdebstrap")
 
@@ -27,12 +28,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def built_images() -> dict[str, BuiltImage]:
+def built_images() -> Iterator[dict[str, BuiltImage]]:
     """Both images, built as `make images` builds them (each step cached)."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not installed: `make image-packages` installs them")
-    return build_all()
+    built = build_all()
+    yield built
+    remove_session_containers()
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,10 @@ from images.containers import podman
 
 Obj = dict[str, Any]
 
+#: Every container the image tests start carries this label, so the session removes whatever a failed
+#: or interrupted test left behind, and only its own (other sessions may share the container store).
+SESSION_LABEL = f"aperag-test-session={uuid.uuid4().hex}"
+
 KNOWN_CONTAINER_FIELDS = {
     "name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "ports", "resources",
     "securityContext", "volumeMounts", "startupProbe", "livenessProbe", "readinessProbe",
@@ -161,7 +165,8 @@ class ContainerRun:
     def podman_args(self, *, name: str, detach: bool, image: str | None = None) -> list[str]:
         """``image`` runs another reference of the same image (an image id, immune to re-tagging)."""
         mode = ["--detach"] if detach else ["--rm"]
-        return ["run", *mode, "--name", name, "--pull", "never", "--network", "host", *self.options,
+        return ["run", *mode, "--name", name, "--label", SESSION_LABEL, "--pull", "never", "--network", "host",
+                *self.options,
                 image or self.image, *self.args]  # fmt: skip
 
 
@@ -234,6 +239,13 @@ class Containers:
     def remove_all(self) -> None:
         for name in self.names:
             podman("rm", "--force", "--time", "10", name, check=False, timeout=60)
+
+
+def remove_session_containers() -> None:
+    """Removes every container this test session started that is still there."""
+    left = podman("ps", "--all", "--filter", f"label={SESSION_LABEL}", "--format", "{{.Names}}", check=False)
+    for name in left.stdout.split():
+        podman("rm", "--force", "--time", "5", name, check=False, timeout=60)
 
 
 def instance_with_databases(

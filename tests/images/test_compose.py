@@ -39,6 +39,7 @@ from images.containers import env as container_env
 from images.containers import podman
 from tests.e2e.conftest import free_port
 from tests.harness.wait import poll_until
+from tests.images.pod_runner import SESSION_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -152,10 +153,11 @@ def service_run_args(service: dict[str, Any], project: Path, volume: str, extra_
 
 @pytest.fixture
 def volume() -> Iterator[str]:
-    """The `objects` volume of one test, and the containers using it; all removed at the end."""
+    """The `objects` volume of one test, and its containers; all removed at the end."""
     name = f"aperag-compose-test-{uuid.uuid4().hex[:6]}"
     yield name
-    containers = podman("ps", "--all", "--filter", f"volume={name}", "--format", "{{.Names}}", check=False)
+    # Every container of the test is named <volume>-<service> (beat mounts no volume: filter by name).
+    containers = podman("ps", "--all", "--filter", f"name=^{name}-", "--format", "{{.Names}}", check=False)
     for container in containers.stdout.split():
         logs = podman("logs", container, check=False)
         sys.stderr.write(f"\n--- podman logs {container} ---\n{(logs.stdout + logs.stderr)[-5000:]}\n")
@@ -198,7 +200,8 @@ def test_compose_app_services_run_one_by_one(
             assert service["image"] == app.ref
             args = service_run_args(service, project, volume, ports[name])
             mode = ["--detach"] if detach else ["--rm"]
-            return podman("run", *mode, "--name", f"{volume}-{name}", "--pull", "never", "--network", "host", *args,
+            return podman("run", *mode, "--name", f"{volume}-{name}", "--label", SESSION_LABEL, "--pull", "never",
+                          "--network", "host", *args,
                           app.image_id, *service["command"], check=False, timeout=300)  # fmt: skip
 
         migrated = run("migrate", detach=False)

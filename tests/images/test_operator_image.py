@@ -19,6 +19,7 @@ from tests.e2e.conftest import apply_yaml, free_port, kget, kubeblocks_simulator
 from tests.e2e.test_operator_core import manifest, wait_ready
 from tests.harness.cluster import Cluster
 from tests.harness.wait import wait_until
+from tests.images.pod_runner import SESSION_LABEL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.operator]
 
@@ -49,7 +50,7 @@ async def test_operator_image_drives_an_aperag_to_ready(
     liveness = f"http://127.0.0.1:{port}/healthz"
     name = f"aperag-operator-image-test-{uuid.uuid4().hex[:6]}"
     podman(
-        "run", "--detach", "--name", name, "--pull", "never", "--network", "host",
+        "run", "--detach", "--name", name, "--label", SESSION_LABEL, "--pull", "never", "--network", "host",
         "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--volume", f"{kubeconfig}:{KUBECONFIG_IN_CONTAINER}:ro", "--env", f"KUBECONFIG={KUBECONFIG_IN_CONTAINER}",
