@@ -5,11 +5,15 @@ pod's user, read-only root and tmpfs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from aperag_operator.builders.common import APP_UID
+
 from images.build import BuiltImage
+from images.containers import podman
 from tests.images.pod_runner import Containers, Objects, Pods, container_run, instance_with_databases
 
 ALL_COMPONENTS_ON = {"components": {"beat": {"enabled": True}, "flower": {"enabled": True}}}
@@ -48,3 +52,19 @@ def test_every_command_of_the_app_pods_exists_in_the_image(
                 checked[f"{child['kind']}/{container['name']}"] = command
     # The app components the operator runs: none may be missed by the walk above.
     assert {"Deployment/api", "Deployment/worker", "Deployment/beat", "Deployment/flower"} <= set(checked), checked
+
+
+def test_the_images_carry_no_build_tools_and_run_as_uid_1000(built_images: dict[str, BuiltImage]) -> None:
+    for kind, built in built_images.items():
+        config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", built.image_id).stdout)
+        assert config["User"] == f"{APP_UID}:{APP_UID}", kind
+        env = dict(item.split("=", 1) for item in config["Env"])
+        if kind == "app":
+            assert env["HF_HUB_OFFLINE"] == "1"
+        # No pip in the venv, no compilers, no pip cache, nothing left of the build under /tmp.
+        found = podman(
+            "run", "--rm", "--pull", "never", "--network", "host", "--entrypoint", "sh", built.image_id, "-c",
+            "command -v pip pip3 gcc cc c++ make; find / -xdev -path '*/.cache/pip' 2>/dev/null; ls -A /tmp",
+            check=False,
+        )  # fmt: skip
+        assert found.stdout.strip() == "", f"{kind}: {found.stdout}"
