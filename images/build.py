@@ -253,10 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         print(base_image())
     elif args.command == "context":
         house = wheelhouse()
-        project = project_wheel(Path(tempfile.mkdtemp(prefix="aperag-wheel-")))
-        for kind in IMAGES:
-            shutil.rmtree(args.dir / kind, ignore_errors=True)
-            print(assemble_context(kind, house, project, args.dir / kind))
+        with tempfile.TemporaryDirectory(prefix="aperag-wheel-") as tmp:
+            project = project_wheel(Path(tmp))
+            for kind in IMAGES:
+                shutil.rmtree(args.dir / kind, ignore_errors=True)
+                print(assemble_context(kind, house, project, args.dir / kind))
     else:
         timings: dict[str, float] = {}
         for image in build_all(args.registry, timings).values():
