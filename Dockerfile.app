@@ -5,8 +5,8 @@
 #
 # The build context is a wheelhouse, not the repository: `make images` (images/build.py) assembles it
 # (requirements/*.txt, the locked wheels, the project's wheel) and builds this file with buildah;
-# `make wheelhouse` prints its path for `docker build -f Dockerfile.app <path>`. Nothing is downloaded
-# during the build (pip runs with --no-index and checks every locked hash).
+# with Docker: `make image-contexts`, then `docker build -f Dockerfile.app .tmp/image-context/app`.
+# Nothing is downloaded during the build (pip runs with --no-index and checks every locked hash).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS deps
