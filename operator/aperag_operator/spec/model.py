@@ -47,11 +47,14 @@ class ImageSpec(Spec):
     """Where the container images come from."""
 
     repository: str = Field(
-        default="ghcr.io/apecloud/aperag",
+        # The image Dockerfile.app builds (`make images`), under a registry placeholder: publish it and
+        # set this to your registry's repository (docs/images.md).
+        default="registry.example.com/aperag/aperag",
         min_length=1,
         max_length=255,
         pattern=IMAGE_REPOSITORY_PATTERN,
-        description="Image repository of the ApeRAG app (api, worker, beat, flower). "
+        description="Image repository of the ApeRAG app (api, worker, beat, flower): the image built from "
+        "Dockerfile.app. The default names a placeholder registry; set your own. "
         "The tag is spec.version unless spec.image.tag is set.",
     )
     frontend_repository: str = Field(

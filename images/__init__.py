@@ -1,0 +1,1 @@
+"""Building and running the project's container images without Docker (buildah and podman)."""
