@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aperag_operator.builders import pvc
 from aperag_operator.builders.children import desired_children
 from aperag_operator.builders.common import Instance
 from aperag_operator.builders.database_env import build_database_env
@@ -285,7 +286,8 @@ class Pods:
         }
         config_maps = {c["metadata"]["name"]: c["data"] for c in children if c["kind"] == "ConfigMap"}
         self.objects = Objects(secrets=objects.secrets, config_maps=config_maps)
-        self.claims = {c["metadata"]["name"]: objects_dir for c in children if c["kind"] == "PersistentVolumeClaim"}
+        # The documents volume comes from the object-storage contributor, not the core children.
+        self.claims = {pvc.name(inst): objects_dir} if pvc.wanted(inst) else {}
 
     def container(self, component: str) -> dict[str, Any]:
         container: dict[str, Any] = self.deployments[component]["spec"]["template"]["spec"]["containers"][0]

@@ -18,12 +18,14 @@ from aperag_operator.builders.children import desired_children
 from aperag_operator.builders.common import Instance, Release, target_release
 from aperag_operator.builders.database_env import build_database_env
 from aperag_operator.spec.databases import DatabasesSpec
+from aperag_operator.spec.model import ImageSpec
 
 from .golden import assert_golden
 from .helpers import instance
 
-OLD = Release("0.4.0", "ghcr.io/apecloud/aperag:0.4.0")
-NEW = Release("0.5.0", "ghcr.io/apecloud/aperag:0.5.0")
+REPO = ImageSpec().repository
+OLD = Release("0.4.0", f"{REPO}:0.4.0")
+NEW = Release("0.5.0", f"{REPO}:0.5.0")
 
 UPGRADE_SPEC: dict[str, Any] = {
     "upgrade": {
@@ -204,7 +206,7 @@ def test_deployments_run_the_given_release_while_the_rest_follows_the_spec() -> 
 
 def test_without_a_release_the_deployments_run_the_target() -> None:
     inst = instance({"image": {"tag": "0.5.0-patch1"}})
-    patched = Release("0.5.0", "ghcr.io/apecloud/aperag:0.5.0-patch1")
+    patched = Release("0.5.0", f"{REPO}:0.5.0-patch1")
     assert inst.workload_release == target_release(inst.spec) == patched
     as_target = Instance(inst.name, inst.namespace, inst.uid, inst.spec, release=inst.workload_release)
     for component in deployment.enabled_components(inst):
@@ -214,7 +216,7 @@ def test_without_a_release_the_deployments_run_the_target() -> None:
 @pytest.mark.parametrize(
     "image, tag",
     [
-        ("ghcr.io/apecloud/aperag:0.5.0", "0.5.0"),
+        (f"{REPO}:0.5.0", "0.5.0"),
         ("registry:5000/aperag:v1.2-rc.1", "v1.2-rc.1"),
         ("registry:5000/aperag", "9.9"),  # no tag: the version
     ],

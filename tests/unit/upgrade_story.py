@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aperag_operator.builders.common import Release
-from aperag_operator.spec.model import parse_spec
+from aperag_operator.spec.model import ImageSpec, parse_spec
 from aperag_operator.status import ComponentState
 from aperag_operator.upgrade import (
     BackupObservation,
@@ -21,7 +21,7 @@ from aperag_operator.upgrade import (
     decide,
 )
 
-REPO = "ghcr.io/apecloud/aperag"
+REPO = ImageSpec().repository  # the CRD's default repository
 V3 = Release("0.3.0", f"{REPO}:0.3.0")
 V4 = Release("0.4.0", f"{REPO}:0.4.0")
 V5 = Release("0.5.0", f"{REPO}:0.5.0")
