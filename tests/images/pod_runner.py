@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aperag_operator.builders import pvc
+from aperag_operator.builders import migration_job, pvc
 from aperag_operator.builders.children import desired_children
-from aperag_operator.builders.common import Instance
+from aperag_operator.builders.common import Instance, target_release
 from aperag_operator.builders.database_env import build_database_env
 from aperag_operator.spec.model import parse_spec
 
@@ -279,6 +279,7 @@ class Pods:
     """The pods the operator would create for one ApeRAG, runnable with podman."""
 
     def __init__(self, inst: Instance, objects: Objects, objects_dir: Path) -> None:
+        self.inst = inst
         self.children = desired_children(inst, build_database_env(inst.name, inst.spec.databases))
         children = self.children
         self.deployments = {
@@ -288,6 +289,16 @@ class Pods:
         self.objects = Objects(secrets=objects.secrets, config_maps=config_maps)
         # The documents volume comes from the object-storage contributor, not the core children.
         self.claims = {pvc.name(inst): objects_dir} if pvc.wanted(inst) else {}
+
+    def migration_job(self) -> Obj:
+        """The migration Job the operator creates first for this ApeRAG's release (``upgrade head``)."""
+        request = migration_job.request(self.inst.name, "upgrade", target_release(self.inst.spec), "head", 1)
+        return migration_job.build(self.inst, request, build_database_env(self.inst.name, self.inst.spec.databases))
+
+    def run_job(self, job: Obj, termination_log: Path) -> ContainerRun:
+        pod_spec = job["spec"]["template"]["spec"]
+        return container_run(pod_spec, pod_spec["containers"][0], self.objects, self.claims,
+                             termination_log=termination_log)  # fmt: skip
 
     def container(self, component: str) -> dict[str, Any]:
         container: dict[str, Any] = self.deployments[component]["spec"]["template"]["spec"]["containers"][0]

@@ -79,8 +79,15 @@ def test_app_image_runs_as_the_operator_runs_it(
     api_run = pods.run("api")
     assert api_run.env["HOME"] == "/tmp" and "--read-only" in api_run.options and "--user" in api_run.options
 
-    migrated = containers.run(pods.run("api", MIGRATE_UPGRADE), suffix="migrate", image=app_image.image_id)
+    # The operator's own migration Job, run as the kubelet would: its command, its pod settings, and the
+    # termination-message file the operator reads the schema revision from.
+    job = pods.migration_job()
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == MIGRATE_UPGRADE
+    termination_log = tmp_path / "termination-log"
+    migrated = containers.run(pods.run_job(job, termination_log), suffix="migrate", image=app_image.image_id)
     assert migrated.returncode == 0, migrated.stderr[-4000:]
+    report = json.loads(termination_log.read_text())
+    assert report["ok"] is True and report["up_to_date"] is True and report["current"]
     assert last_json(migrated.stdout)["up_to_date"] is True
 
     api = containers.start(api_run, suffix="api", image=app_image.image_id)
