@@ -47,7 +47,16 @@ TERMINATION_MESSAGE_ANNOTATION = "kwok.aperag.io/termination-message"
 #: (it runs and never ends: the Job's deadline fails it), and the annotation
 #: kwok.aperag.io/termination-message-<action> (its report), all on the same pod template.
 ACTION_LABEL = "aperag.io/migration-action"
+#: An app image whose Deployment pods never become ready (their Job pods run as usual): the way tests
+#: break one release and not the other, since a rollback rebuilds the Deployments from the current spec
+#: with the previous release's image. Tests set ``spec.image.repository: kwok.invalid/aperag`` and
+#: ``spec.image.tag: never-ready``.
+NEVER_READY_IMAGE = "kwok.invalid/aperag:never-ready"
 ACTIONS = ("upgrade", "downgrade")
+
+
+#: How long a migration pod marked kwok.aperag.io/slow-<action> takes to complete.
+SLOW_MILLISECONDS = 12000
 
 
 def action_marker(outcome: str, action: str) -> str:
@@ -461,16 +470,22 @@ def kwok_stages() -> list[dict[str, Any]]:
     stages = []
     for name in files:
         stage = yaml.safe_load((stage_root / name).read_text())
-        if name.startswith("pod/") and "delete" not in name:
+        if name == "pod/fast/pod-ready.yaml":
+            stages += _per_action(_with_image(_without_markers(stage), "NotIn", ""))
+            stages += _per_action(_with_image(_without_markers(stage), "In", "-job-never-ready-image", jobs=True))
+        elif name.startswith("pod/") and "delete" not in name:
             stages += _per_action(_without_markers(stage))
         else:
             stages.append(stage)
     restarted = {"key": ".spec.restartPolicy", "operator": "In", "values": ["Always"]}
     not_restarted = {"key": ".spec.restartPolicy", "operator": "NotIn", "values": ["Always"]}
     stages.append(_marker_stage("aperag-pod-never-ready", NEVER_READY_LABEL, NEVER_READY_TEMPLATE, []))
+    stages.append(_never_ready_image_stage())
     stages.append(_marker_stage("aperag-pod-fail", FAIL_LABEL, FAILED_TEMPLATE, [not_restarted]))
     stages.append(_marker_stage("aperag-pod-crashloop", FAIL_LABEL, CRASHLOOP_TEMPLATE, [restarted]))
-    stages += _per_action(_complete_with_message_stage())
+    stages += _per_action(_complete_with_message_stage(), extra_outcomes=("slow",))
+    for action in ACTIONS:  # a migration that takes a while (long enough to stop the operator meanwhile)
+        stages.append(_slow_complete_with_message_stage(action))
     generic_absent = [
         {"key": f'.metadata.labels["{label}"]', "operator": "DoesNotExist"} for label in (FAIL_LABEL, NEVER_READY_LABEL)
     ]
@@ -484,7 +499,50 @@ def kwok_stages() -> list[dict[str, Any]]:
     return stages
 
 
-def _per_action(stage: dict[str, Any]) -> list[dict[str, Any]]:
+def _with_image(stage: dict[str, Any], operator: str, suffix: str, *, jobs: bool = False) -> dict[str, Any]:
+    """The stage for pods whose image is (In) or is not (NotIn) the never-ready image; ``jobs``: only
+    Job pods."""
+    expressions = [
+        *stage["spec"]["selector"].get("matchExpressions", []),
+        {"key": ".spec.containers.[].image", "operator": operator, "values": [NEVER_READY_IMAGE]},
+    ]
+    if jobs:
+        expressions.append({"key": ".metadata.ownerReferences.[].kind", "operator": "In", "values": ["Job"]})
+    return _with(stage, suffix, expressions)
+
+
+def _never_ready_image_stage() -> dict[str, Any]:
+    stage = _marker_stage("aperag-pod-never-ready-image", NEVER_READY_LABEL, NEVER_READY_TEMPLATE, [])
+    selector = stage["spec"]["selector"]
+    selector.pop("matchLabels")
+    selector["matchExpressions"] += [
+        {"key": ".spec.containers.[].image", "operator": "In", "values": [NEVER_READY_IMAGE]},
+        {"key": ".metadata.ownerReferences.[].kind", "operator": "NotIn", "values": ["Job"]},
+        *(
+            {"key": f'.metadata.labels["{label}"]', "operator": "DoesNotExist"}
+            for label in (FAIL_LABEL, NEVER_READY_LABEL)
+        ),
+    ]
+    return stage
+
+
+def _slow_complete_with_message_stage(action: str) -> dict[str, Any]:
+    stage = _complete_with_message_stage()
+    expressions = [
+        *stage["spec"]["selector"]["matchExpressions"],
+        {"key": f'.metadata.labels["{ACTION_LABEL}"]', "operator": "In", "values": [action]},
+        {"key": f'.metadata.labels["{action_marker("slow", action)}"]', "operator": "Exists"},
+        *(
+            {"key": f'.metadata.labels["{action_marker(outcome, action)}"]', "operator": "DoesNotExist"}
+            for outcome in ("fail", "hang")
+        ),
+    ]
+    slow = _with(stage, f"-{action}-slow", expressions)
+    slow["spec"]["delay"] = {"durationMilliseconds": SLOW_MILLISECONDS}
+    return slow
+
+
+def _per_action(stage: dict[str, Any], extra_outcomes: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """A pod stage split so that each migration action's own markers take its pods out of it: one copy for
     pods without an action, one per action without that action's fail or hang marker. (kwok selectors
     are conjunctions; the split keeps every pod matched by exactly one stage.)"""
@@ -500,7 +558,7 @@ def _per_action(stage: dict[str, Any]) -> list[dict[str, Any]]:
                     {"key": f'.metadata.labels["{ACTION_LABEL}"]', "operator": "In", "values": [action]},
                     *(
                         {"key": f'.metadata.labels["{action_marker(outcome, action)}"]', "operator": "DoesNotExist"}
-                        for outcome in ("fail", "hang")
+                        for outcome in ("fail", "hang", *extra_outcomes)
                     ),
                 ],
             )

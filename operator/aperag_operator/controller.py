@@ -362,9 +362,10 @@ class Controller:
                 if failure is not None:
                     retry = retry or failure.retryable
                     problems.append(Problem("DeleteFailed", f"{k[0].rpartition('/')[2]} {k[2]}: {failure}", False))
+        # The contributors' story first (a migration succeeded), then what it led to (Deployments created).
         events: list[EventSpec] = [e for c in decision.contributions.values() for e in c.events]
         if created:
-            events.insert(0, ("Normal", "Created", "created " + ", ".join(created)))
+            events.append(("Normal", "Created", "created " + ", ".join(created)))
         await self._write_status(body, decision, problems, events)
         done = 0 if decision.paused else len(todo.apply) + len(todo.delete)
         log.log(
@@ -481,7 +482,8 @@ class Controller:
 
     async def _event(self, body: Obj, etype: str, reason: str, message: str) -> None:
         meta = body["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moment = datetime.now(UTC)
+        now = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -501,6 +503,9 @@ class Controller:
             "reportingInstance": self.instance,
             "firstTimestamp": now,
             "lastTimestamp": now,
+            # Microseconds: the order of a story told within one second (MigrationSucceeded, RollingOut).
+            "eventTime": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "action": "Reconcile",
             "count": 1,
         }
         try:

@@ -9,6 +9,7 @@ then wait forever (the database never comes up), so the CRD refuses it at admiss
 
 from __future__ import annotations
 
+from aperag_operator.builders import backup_opsrequest, migration_job
 from aperag_operator.builders.kubeblocks_cluster import DATABASE_KEYS, ENGINES, cluster_name, service_name
 
 DNS_LABEL_MAX = 63
@@ -28,13 +29,9 @@ def derived_names(name: str) -> dict[str, str]:
         names[f"KubeBlocks Service of {key}"] = service_name(name, key)
         names[f"KubeBlocks headless Service of {key}"] = f"{cluster}-{facts.component}-headless"
         names[f"KubeBlocks pod revision label of {key}"] = f"{cluster}-{facts.component}-{'x' * REVISION_HASH_LENGTH}"
-    for suffix_name, suffix in EXTRA_SUFFIXES.items():
-        names[suffix_name] = f"{name}{suffix}"
+    names["migration Job"] = name + "x" * migration_job.NAME_SUFFIX_MAX_LEN
+    names["backup OpsRequest"] = name + "x" * backup_opsrequest.NAME_SUFFIX_MAX_LEN
     return names
-
-
-#: Suffixes added by later features (a migration Job's name), registered by their builders.
-EXTRA_SUFFIXES: dict[str, str] = {}
 
 
 def longest_suffix() -> tuple[str, int]:
