@@ -80,6 +80,7 @@ test-images: setup
 lint: venv
 	$(VENV)/bin/ruff check operator tests e2e bench aperag images
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 demo: cluster-up
 	@echo; echo "== nodes"; $(KUBECTL) get nodes
