@@ -7,8 +7,12 @@ credentials so the audit log tells its writes apart):
   its children being written by the operator (audit stageTimestamp of the operator's apply);
 * write requests per resource during creation (every operator write in the namespace / N: child
   applies, status writes, Events);
-* write requests on a no-op resync: after the writes have settled, wait until every resource has been
-  reconciled at least twice more (periodic resync) and count the operator's writes in that window;
+* write requests on a no-op resync: once every resource is Ready (and its status written), wait until
+  every resource has been reconciled at least twice more (periodic resync) and count the operator's
+  writes in that window;
+* write requests after a restart: SIGKILL the operator with every resource Ready, start a new one, wait
+  until it has listed everything and reconciled every resource twice, and count its writes (target 0);
+  and the time from its start to its first full listing;
 * the operator's peak RSS (VmHWM of the process);
 * the lower bound: ``kubectl apply --server-side`` of exactly the same rendered children (same
   builders, owner references stripped) into another namespace, timed in the same run; and the ratio
@@ -41,8 +45,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aperag_operator.builders import migration_job, pvc  # noqa: E402
 from aperag_operator.builders.children import desired_children  # noqa: E402
-from aperag_operator.builders.common import Instance  # noqa: E402
+from aperag_operator.builders.common import Instance, target_release  # noqa: E402
+from aperag_operator.builders.database_env import build_database_env  # noqa: E402
 from aperag_operator.spec.model import parse_spec  # noqa: E402
 
 from e2e.controlplane.localcluster import ClusterInfo, down, up  # noqa: E402
@@ -60,7 +66,18 @@ SPEC: dict[str, Any] = {
         "redis": {"external": {"host": "redis.bench.internal"}},
     },
 }
-CHILDREN_PER_RESOURCE = len(desired_children(Instance("x", "ns", "uid", parse_spec(SPEC))))
+
+
+def rendered_children(name: str, namespace: str) -> list[dict[str, Any]]:
+    """What the operator writes for one resource: the core children, the documents volume and the
+    first migration Job (whose success lets the Deployments be created)."""
+    inst = Instance(name, namespace, "00000000-0000-0000-0000-000000000000", parse_spec(SPEC))
+    request = migration_job.request(name, "upgrade", target_release(inst.spec), "head", 1)
+    env = build_database_env(name, inst.spec.databases)
+    return [*desired_children(inst, env), pvc.build(inst), migration_job.build(inst, request, env)]
+
+
+CHILDREN_PER_RESOURCE = len(rendered_children("x", "ns"))
 
 
 @contextmanager
@@ -173,6 +190,26 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def readyz(liveness_url: str) -> bool:
+    try:
+        urllib.request.urlopen(liveness_url.rsplit("/", 1)[0] + "/readyz", timeout=1).read()
+        return True
+    except OSError:
+        return False
+
+
+def quiet_window(bench: Bench, ns: str, names: list[str], log_path: Path, since: float) -> int:
+    """The operator's writes since ``since``, counted once every resource has been reconciled twice more."""
+    start_counts = {name: log_path.read_text().count(f"reconciled {ns}/{name}:") for name in names}
+
+    def resynced() -> bool:
+        text = log_path.read_text()
+        return all(text.count(f"reconciled {ns}/{name}:") >= start_counts[name] + 2 for name in names)
+
+    wait_for(resynced, timeout=180, what="two reconciles of every resource")
+    return sum(1 for e in bench.audit(ns) if e["user"]["username"] == OPERATOR_USER and stamp(e) >= since)
+
+
 def run_size(bench: Bench, n: int, workdir: Path) -> dict[str, Any]:
     ns = f"bench-{n}-{int(time.time())}"
     lb_ns = f"{ns}-lb"
@@ -227,7 +264,19 @@ def run_size(bench: Bench, n: int, workdir: Path) -> dict[str, Any]:
         latencies = [max(per[name][:CHILDREN_PER_RESOURCE]) - creates[name] for name in names]
         total = max(max(v[:CHILDREN_PER_RESOURCE]) for v in per.values()) - min(creates.values())
 
-        # settle: no operator write for 5 s (status updates as pods get scheduled)
+        # settle: every resource Ready, then no operator write for 5 s
+        def all_ready() -> bool:
+            listing = json.loads(bench.kubectl("get", "aperags", "-n", ns, "-o", "json"))["items"]
+            return len(listing) == n and all(
+                any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in (a.get("status") or {}).get("conditions", [])
+                )
+                for a in listing
+            )
+
+        wait_for(all_ready, timeout=600, what=f"{n} resources Ready")
+
         def settled() -> bool:
             ops = [stamp(e) for e in bench.audit(ns) if e["user"]["username"] == OPERATOR_USER]
             return time.time() - max(ops) > 5
@@ -235,18 +284,21 @@ def run_size(bench: Bench, n: int, workdir: Path) -> dict[str, Any]:
         wait_for(settled, timeout=300, what="operator writes settled")
         creation_writes = sum(1 for e in bench.audit(ns) if e["user"]["username"] == OPERATOR_USER)
 
-        # no-op resync window: every resource reconciled at least twice more
-        since = time.time()
-        start_counts = {name: log_path.read_text().count(f"reconciled {ns}/{name}:") for name in names}
-
-        def resynced() -> bool:
-            text = log_path.read_text()
-            return all(text.count(f"reconciled {ns}/{name}:") >= start_counts[name] + 2 for name in names)
-
-        wait_for(resynced, timeout=120, what="two resyncs of every resource")
-        noop_writes = sum(1 for e in bench.audit(ns) if e["user"]["username"] == OPERATOR_USER and stamp(e) >= since)
+        # no-op resync window (every resource Ready): every resource reconciled at least twice more
+        noop_writes = quiet_window(bench, ns, names, log_path, time.time())
         rss = peak_rss_mb(proc.pid)
         cpu = cpu_seconds(proc.pid)
+
+        # restart: SIGKILL with everything Ready, a new operator, its writes once it reconciled everything
+        proc.kill()
+        proc.wait(timeout=30)
+        killed = time.time()
+        restart_log = workdir / f"operator-{n}-restarted.log"
+        t0 = time.monotonic()
+        proc, url = bench.start_operator(ns, restart_log)
+        wait_for(lambda: readyz(url), timeout=120, what="restarted operator listed everything")
+        restart_synced = time.monotonic() - t0
+        restart_writes = quiet_window(bench, ns, names, restart_log, killed)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -254,8 +306,7 @@ def run_size(bench: Bench, n: int, workdir: Path) -> dict[str, Any]:
     # lower bound: the same rendered children, applied by kubectl --server-side in one run
     rendered = []
     for name in names:
-        inst = Instance(name, lb_ns, "00000000-0000-0000-0000-000000000000", parse_spec(SPEC))
-        for obj in desired_children(inst):
+        for obj in rendered_children(name, lb_ns):
             obj["metadata"].pop("ownerReferences", None)
             rendered.append(obj)
     manifest = workdir / f"lower-bound-{n}.json"  # JSON: YAML would turn a hash like 123e4567 into a number
@@ -273,6 +324,8 @@ def run_size(bench: Bench, n: int, workdir: Path) -> dict[str, Any]:
         "total_s": round(total, 3),
         "writes_per_resource": round(creation_writes / n, 2),
         "noop_resync_writes": noop_writes,
+        "restart_writes": restart_writes,
+        "restart_synced_s": round(restart_synced, 2),
         "peak_rss_mb": round(rss, 1),
         "operator_cpu_s": round(cpu, 2),
         "kubectl_lower_bound_s": round(lower_bound, 3),
@@ -312,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         "total s",
         "writes/res",
         "no-op writes",
+        "restart writes",
+        "restart listed s",
         "peak RSS MB",
         "CPU s",
         "kubectl s",
@@ -322,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(
             f"| {r['n']} | {r['p50_s']} | {r['p95_s']} | {r['total_s']} | {r['writes_per_resource']} | "
-            f"{r['noop_resync_writes']} | {r['peak_rss_mb']} | {r['operator_cpu_s']} | {r['kubectl_lower_bound_s']} | "
-            f"{r['ratio_to_lower_bound']} |"
+            f"{r['noop_resync_writes']} | {r['restart_writes']} | {r['restart_synced_s']} | {r['peak_rss_mb']} | "
+            f"{r['operator_cpu_s']} | {r['kubectl_lower_bound_s']} | {r['ratio_to_lower_bound']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
