@@ -3,7 +3,10 @@
 Expects `make cluster-up` to have run (state in .cluster/). Installs the upstream KubeBlocks CRDs and
 the ApeRAG CRD, starts the operator and the KubeBlocks test simulator as background processes
 (pid files in .cluster/, stopped by `make cluster-down`), applies the example and follows its status
-until it is Ready.
+until it is Ready. Then an upgrade (0.5.0 -> 0.6.0: migration Job, rollout, health gate) and an
+automatic rollback (0.7.0, whose migration fails: the downgrade runs, 0.6.0 keeps serving), told by the
+resource's status and Events. kwok runs no container: the migration reports are played through the
+test-only pod annotations of `spec.upgrade.migrationJob` (docs/design.md).
 """
 
 from __future__ import annotations
@@ -93,13 +96,28 @@ def main() -> int:
     env = {**os.environ, "KUBECONFIG": str(STATE / "operator.kubeconfig"), "PYTHONPATH": str(ROOT)}
     start_background(
         "operator",
-        [sys.executable, "-m", "aperag_operator", "run", "--all-namespaces", "--liveness", "http://127.0.0.1:18080/healthz"],
+        [
+            sys.executable,
+            "-m",
+            "aperag_operator",
+            "run",
+            "--all-namespaces",
+            "--liveness",
+            "http://127.0.0.1:18080/healthz",
+        ],
         env,
     )
     start_background(
         "kubeblocks-simulator",
-        [sys.executable, "-m", "e2e.simulators.run_kubeblocks", "--namespace", NAMESPACE,
-         "--kubeconfig", str(STATE / "admin.kubeconfig")],
+        [
+            sys.executable,
+            "-m",
+            "e2e.simulators.run_kubeblocks",
+            "--namespace",
+            NAMESPACE,
+            "--kubeconfig",
+            str(STATE / "admin.kubeconfig"),
+        ],
         env,
     )
 
@@ -118,16 +136,70 @@ def main() -> int:
             key = (condition["type"], condition["status"], condition.get("reason", ""))
             if key not in seen:
                 seen.add(key)
-                print(f"   {condition['type']}={condition['status']} ({condition.get('reason', '')}): "
-                      f"{condition.get('message', '')}")
+                print(
+                    f"   {condition['type']}={condition['status']} ({condition.get('reason', '')}): "
+                    f"{condition.get('message', '')}"
+                )
         return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
 
     print(f"== waiting for aperag/{name} to become Ready")
     wait_for(report_and_check_ready, timeout=180, what=f"aperag/{name} Ready")
     print()
-    print(kubectl("get", "aperag,clusters.apps.kubeblocks.io,deploy,svc", "-n", NAMESPACE).stdout)
+    print(kubectl("get", "aperag,clusters.apps.kubeblocks.io,deploy,svc,jobs", "-n", NAMESPACE).stdout)
+
+    print("== upgrade: spec.version 0.5.0 -> 0.6.0 (the migration adds revision 0003)")
+    upgrade(
+        name, "0.6.0", {"kwok.aperag.io/termination-message-upgrade": migration_report("upgrade", ["0002"], ["0003"])}
+    )
+    told: set[str] = set()
+    follow(name, "0.6.0", "Complete", told)
+    print("== automatic rollback: 0.7.0, whose migration fails part-way")
+    upgrade(
+        name,
+        "0.7.0",
+        {
+            "kwok.aperag.io/termination-message-upgrade": migration_report("upgrade", ["0003"], ["0004"], ok=False),
+            "kwok.aperag.io/termination-message-downgrade": migration_report("downgrade", ["0004"], ["0003"]),
+        },
+        labels={"kwok.aperag.io/fail-upgrade": "true"},
+    )
+    follow(name, "0.6.0", "Failed", told)
+    print(kubectl("get", "aperag", name, "-n", NAMESPACE).stdout)
     print(f"export KUBECONFIG={STATE / 'admin.kubeconfig'}   # then: make cluster-down")
     return 0
+
+
+def migration_report(action: str, before: list[str], current: list[str], ok: bool = True) -> str:
+    """What `aperag migrate` writes to its termination-message file (docs/app.md)."""
+    report: dict[str, Any] = {"ok": ok, "action": action, "before": before, "current": current,
+                              "changed": before != current, "message": "played by kwok in the demo"}  # fmt: skip
+    if not ok:
+        report["reason"] = "MigrationFailed"
+    return json.dumps(report)
+
+
+def upgrade(name: str, version: str, annotations: dict[str, str], labels: dict[str, str] | None = None) -> None:
+    patch = {"spec": {"version": version, "upgrade": {"migrationJob": {
+        "podAnnotations": annotations, "podLabels": labels or {}}}}}  # fmt: skip
+    kubectl("patch", "aperag", name, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch))
+
+
+def follow(name: str, running: str, phase: str, told: set[str]) -> None:
+    """Prints the Events not ``told`` yet until ``phase`` with ``running`` serving."""
+
+    def done() -> bool:
+        status = json.loads(kubectl("get", "aperag", name, "-n", NAMESPACE, "-o", "json").stdout).get("status", {})
+        events = json.loads(kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
+                                    f"involvedObject.name={name}", "-o", "json").stdout)["items"]  # fmt: skip
+        for event in sorted(events, key=lambda e: e.get("eventTime") or e["firstTimestamp"]):
+            if event["metadata"]["name"] not in told:
+                told.add(event["metadata"]["name"])
+                print(f"   {event['type']:7} {event['reason']}: {event['message']}")
+        upgrade = status.get("upgrade") or {}
+        return bool(upgrade.get("phase") == phase and status.get("version") == running)
+
+    wait_for(done, timeout=180, what=f"{phase} with {running} running")
+    print(kubectl("get", "aperag", name, "-n", NAMESPACE).stdout)
 
 
 if __name__ == "__main__":
