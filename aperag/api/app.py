@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from aperag import metrics, services
 from aperag.api.schemas import (
@@ -117,6 +118,22 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
             return JSONResponse({"detail": str(exc)}, status_code=status)
 
         app.add_exception_handler(exc_type, handler)
+
+    def invalid_value(_: Request, exc: Exception) -> JSONResponse:
+        # The database refused a value (out of range, a character it cannot store): bad input that
+        # got past validation. Say so rather than fail with a 500.
+        log.warning("database rejected a request value: %s", exc)
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        return JSONResponse({"detail": f"invalid value: {reason}"}, status_code=422)
+
+    def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: logged with its traceback; the client still gets a JSON answer on an
+        # intact connection.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    app.add_exception_handler(DataError, invalid_value)
+    app.add_exception_handler(Exception, unexpected)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
