@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -91,3 +91,9 @@ class SearchOut(BaseModel):
 class ReadyOut(BaseModel):
     ready: bool
     checks: dict[str, str]
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="what was wrong: a sentence, or FastAPI's list of validation errors for a malformed request"
+    )
