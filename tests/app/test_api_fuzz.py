@@ -88,6 +88,28 @@ def _wait_nothing_in_flight(ctx: AppContext) -> dict[str, int]:
     return counts
 
 
+def _fuzz_run(
+    operation: schemathesis.APIOperation,
+    mode: GenerationMode,
+    path_parameters: dict[str, str] | None,
+    failures: dict[str, str],
+) -> Callable[[], None]:
+    """One bounded hypothesis run over an operation; the first failure of each run is recorded."""
+    label = f"{operation.label} ({mode.value}{', existing ids' if path_parameters else ''})"
+
+    @_fuzz_settings(EXAMPLES_PER_RUN)
+    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
+    def run(case: schemathesis.Case) -> None:
+        try:
+            case.call_and_validate(headers=AUTH, checks=CHECKS)
+        except BaseException as failure:  # schemathesis raises a FailureGroup (an ExceptionGroup)
+            if isinstance(failure, KeyboardInterrupt):
+                raise
+            failures.setdefault(label, str(failure)[:2000])
+
+    return run
+
+
 def test_openapi_fuzz_finds_no_server_error_and_no_undocumented_answer(fuzz_ctx: AppContext) -> None:
     app = create_app(fuzz_ctx)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -100,16 +122,7 @@ def test_openapi_fuzz_finds_no_server_error_and_no_undocumented_answer(fuzz_ctx:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             for path_parameters in [None, fixed] if fixed else [None]:
 
-                @_fuzz_settings(EXAMPLES_PER_RUN)
-                @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
-                def run(case: schemathesis.Case, label: str = f"{operation.label} ({mode.value})") -> None:
-                    try:
-                        case.call_and_validate(headers=AUTH, checks=CHECKS)
-                    except BaseException as failure:  # schemathesis raises a FailureGroup (an ExceptionGroup)
-                        if isinstance(failure, KeyboardInterrupt):
-                            raise
-                        failures.setdefault(label, str(failure)[:2000])
-
+                run = _fuzz_run(operation, mode, path_parameters, failures)
                 try:
                     run()
                     runs += 1
