@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aperag.config import ConfigError, Settings, load_settings
 from aperag.embedded_pg import (
@@ -20,6 +21,9 @@ from aperag.embedded_pg import (
     ServeLock,
     default_home,
 )
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("aperag")
 
@@ -121,10 +125,6 @@ def _embedded_settings(settings: Settings) -> tuple[Settings, _Embedded]:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from aperag.api.app import create_app
-    from aperag.context import AppContext
-    from aperag.ingest.dispatch import CeleryDispatcher, InProcessDispatcher
-    from aperag.ingest.recovery import EmbeddedRecovery
     from aperag.telemetry import setup_tracing
 
     setup_tracing("aperag-api")
@@ -133,28 +133,48 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     embedded: _Embedded | None = None
     if not settings.database_configured:
         settings, embedded = _embedded_settings(settings)
+    try:
+        app = _serving_app(settings, embedded, f"http://{host}:{port}")
+        uvicorn.run(
+            app, host=host, port=port, log_level="info",
+            # Open connections get this long after SIGTERM before the shutdown hooks run regardless.
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )  # fmt: skip
+    finally:
+        if embedded is not None:
+            # Also when serving never started (e.g. the port is taken): never leave PostgreSQL behind.
+            embedded.stop()
+    return 0
+
+
+def _serving_app(settings: Settings, embedded: _Embedded | None, api_url: str) -> FastAPI:
+    from aperag.api.app import create_app
+    from aperag.context import AppContext
+    from aperag.ingest.dispatch import CeleryDispatcher, InProcessDispatcher
+    from aperag.ingest.recovery import InProcessRecovery
+
     ctx = AppContext(settings=settings)
+    # Run at shutdown in this order, each bounded: stop recovering, stop indexing (the running batch
+    # finishes or is abandoned), stop PostgreSQL.
     hooks: list[Callable[[], None]] = []
     if settings.redis_configured and embedded is None:
         ctx.dispatcher = CeleryDispatcher(settings.redis_url)
     else:
+        if embedded is not None:
+            ctx.ensure_store_schemas()
         dispatcher = InProcessDispatcher(ctx, max_retries=settings.task_max_retries)
         ctx.dispatcher = dispatcher
-        # Shutdown order: stop taking work, let the running batch finish or abandon it, then stop
-        # PostgreSQL; each step bounded.
+        recovery = InProcessRecovery(ctx, dispatcher, sole_owner=embedded is not None)
+        recovery.start()
         grace = settings.shutdown_grace_seconds
 
         def stop_indexing() -> None:
+            recovery.stop()
             dispatcher.stop(grace_seconds=grace)
 
         hooks.append(stop_indexing)
     if embedded is not None:
-        ctx.ensure_store_schemas()
-        recovery = EmbeddedRecovery(ctx, dispatcher)
-        recovery.start()
-        hooks.insert(0, recovery.stop)
         hooks.append(embedded.stop)
-        api_url = f"http://{host}:{port}"
         embedded.lock.publish(
             EmbeddedInstance(
                 pid=os.getpid(), home=str(embedded.home), postgres_port=embedded.server.port,
@@ -168,18 +188,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )  # fmt: skip
     if not settings.auth_enabled:
         log.warning("APERAG_API_KEYS is empty: the API accepts requests without authentication")
-    app = create_app(ctx, on_shutdown=hooks)
-    try:
-        uvicorn.run(
-            app, host=host, port=port, log_level="info",
-            # Open connections get this long after SIGTERM before the shutdown hooks run regardless.
-            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-        )  # fmt: skip
-    finally:
-        if embedded is not None:
-            # Also when uvicorn never started (e.g. the port is taken): never leave PostgreSQL behind.
-            embedded.stop()
-    return 0
+    return create_app(ctx, on_shutdown=hooks)
 
 
 def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> None:

@@ -1,9 +1,10 @@
-"""Embedded mode's reconciler: what `aperag beat` does for a cluster, a thread does in `aperag serve`.
+"""The in-process reconciler: what `aperag beat` does for a cluster, a thread does in an `aperag serve`
+that indexes in-process (embedded mode, or no Redis).
 
-At start every `pending`/`indexing` document is re-queued (in embedded mode nothing else can be
-working on them: a crash or a kill left them there). Then every RECONCILE_INTERVAL_SECONDS, documents
-stuck longer than STUCK_AFTER_SECONDS that this process is not already working on are re-queued, or
-failed once they used up their attempts.
+In embedded mode (`sole_owner`) every `pending`/`indexing` document is re-queued at start: nothing
+else can be working on them, a crash or a kill left them there. Then every
+RECONCILE_INTERVAL_SECONDS, documents stuck longer than STUCK_AFTER_SECONDS that this process is not
+already working on are re-queued, or failed once they used up their attempts.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from aperag.ingest.pipeline import reconcile
 log = logging.getLogger(__name__)
 
 
-class EmbeddedRecovery:
-    def __init__(self, ctx: AppContext, dispatcher: InProcessDispatcher) -> None:
+class InProcessRecovery:
+    def __init__(self, ctx: AppContext, dispatcher: InProcessDispatcher, *, sole_owner: bool) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
+        self.sole_owner = sole_owner
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aperag-recovery", daemon=True)
 
@@ -32,7 +34,8 @@ class EmbeddedRecovery:
         return result
 
     def start(self) -> None:
-        self.recover_now()
+        if self.sole_owner:
+            self.recover_now()
         self._thread.start()
 
     def _loop(self) -> None:

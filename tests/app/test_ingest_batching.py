@@ -14,7 +14,7 @@ from aperag.context import AppContext
 from aperag.db.models import Document
 from aperag.ingest.dispatch import InProcessDispatcher
 from aperag.ingest.pipeline import IngestionCancelled, TransientIngestionError, index_document
-from aperag.ingest.recovery import EmbeddedRecovery
+from aperag.ingest.recovery import InProcessRecovery
 from aperag.search import search
 from aperag.stores import StoreUnavailable
 from tests.app.conftest import settings_from, wait_until
@@ -167,7 +167,7 @@ def test_embedded_recovery_requeues_what_a_killed_run_left(make_ctx: Callable[..
         )
     dispatcher = InProcessDispatcher(ctx, max_retries=1)
     ctx.dispatcher = dispatcher
-    recovery = EmbeddedRecovery(ctx, dispatcher)
+    recovery = InProcessRecovery(ctx, dispatcher, sole_owner=True)
     try:
         assert recovery.recover_now() == {"requeued": len(ids), "failed": 0}
 
