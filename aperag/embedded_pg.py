@@ -12,6 +12,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -152,20 +153,33 @@ class EmbeddedPostgres:
         log.warning("PostgreSQL (pid %d) was left running on %s by an earlier run; stopping it", pid, self.data_dir)
         self.stop()
 
-    def stop(self, timeout: float = 30) -> None:
-        """Fast shutdown (clients disconnected, no checkpoint wait beyond the one it needs), bounded;
-        an immediate shutdown if that does not finish in time."""
+    def stop(self, fast_seconds: float = 15, immediate_seconds: float = 10) -> None:
+        """Bounded: a fast shutdown (clients disconnected, a shutdown checkpoint); if that does not end
+        in time, an immediate one (crash-safe: the next start replays the WAL); if even that hangs,
+        SIGKILL to the postmaster."""
         if not (self.data_dir / "postmaster.pid").exists():
             return
-        pg_ctl = [str(_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", str(int(timeout))]
+        started = time.monotonic()
+        log.info("stopping the embedded PostgreSQL on %s", self.data_dir)
+        pg_ctl = [str(_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w"]
         try:
-            self._cmd([*pg_ctl, "-m", "fast", "stop"], timeout=timeout + 10)
+            self._cmd([*pg_ctl, "-t", str(int(fast_seconds)), "-m", "fast", "stop"], timeout=fast_seconds + 5)
         except EmbeddedPostgresError as exc:
-            if self._postmaster_pid() is None:
-                (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+            if self._postmaster_pid() is not None:
+                log.warning("%s; stopping immediately", exc)
+                self._stop_immediately(pg_ctl, immediate_seconds)
+            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        log.info("embedded PostgreSQL stopped in %.1fs", time.monotonic() - started)
+
+    def _stop_immediately(self, pg_ctl: list[str], seconds: float) -> None:
+        try:
+            self._cmd([*pg_ctl, "-t", str(int(seconds)), "-m", "immediate", "stop"], timeout=seconds + 5)
+        except EmbeddedPostgresError as exc:
+            pid = self._postmaster_pid()
+            if pid is None:
                 return
-            log.warning("%s; stopping immediately", exc)
-            self._cmd([*pg_ctl, "-m", "immediate", "stop"], timeout=timeout + 10)
+            log.error("%s; killing the postmaster (pid %d)", exc, pid)
+            os.kill(pid, signal.SIGKILL)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"

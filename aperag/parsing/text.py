@@ -94,10 +94,13 @@ def html_to_text(html: str) -> str:
 def _markdown_parser() -> MarkdownIt:
     from markdown_it import MarkdownIt
 
-    # Emphasis is not interpreted at all: its markers are punctuation to the full-text parser and the
-    # tokenizer, whereas reading them as markup eats identifiers (`__init__` is bold "init" to
-    # CommonMark). The text stays as written; headings, lists, links, fences and tables are parsed.
-    return MarkdownIt("commonmark").enable(["table"]).disable(["emphasis"])
+    # CommonMark never reads an underscore inside a word as emphasis (`yaml.safe_load`,
+    # `oom_score_adj` are safe); `_inline_text` keeps underscore emphasis markers anyway, because a
+    # standalone `__init__` is bold "init" to CommonMark. Tables as GitHub writes them.
+    return MarkdownIt("commonmark").enable(["table"])
+
+
+_EMPHASIS = frozenset({"em_open", "em_close", "strong_open", "strong_close"})
 
 
 def _inline_text(children: list[Token]) -> str:
@@ -109,6 +112,10 @@ def _inline_text(children: list[Token]) -> str:
             parts.append("\n")
         elif child.type == "image":
             parts.append(_inline_text(child.children or []))
+        elif child.type in _EMPHASIS and child.markup.startswith("_"):
+            # `__init__`, `_private`: identifiers far more often than emphasis; keep them as written.
+            # `*` and `**` emphasis markers are dropped: they are only noise to the index.
+            parts.append(child.markup)
         elif child.type == "html_inline":
             continue
     return "".join(parts)

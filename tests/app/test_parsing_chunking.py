@@ -41,6 +41,7 @@ def test_markdown_keeps_code_identifiers_as_written() -> None:
     source = b"""# Tuning
 
 Call `yaml.safe_load` and raise oom_score_adj; __init__ runs first, snake_case_name stays, *as* **is**.
+_private_ stays.
 Inline: `a_b * c_d` and `**kwargs`.
 
 ```python
@@ -60,7 +61,8 @@ def load(path_name):
         "oom_score_adj",
         "__init__",
         "snake_case_name",
-        "*as* **is**",
+        "as is",
+        "_private_ stays",
         "a_b * c_d",
         "**kwargs",
         "def load(path_name):",
