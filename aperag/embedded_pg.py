@@ -137,6 +137,7 @@ class EmbeddedPostgres:
             return None  # not running (a pid file left by a killed server)
         except OSError:
             cmdline = b"postgres"  # no /proc access: trust the pid file
+        # A zombie (exited, not yet reaped) has an empty cmdline: it is not running either.
         return pid if b"postgres" in cmdline else None
 
     def _recover_stale(self) -> None:
@@ -155,31 +156,41 @@ class EmbeddedPostgres:
 
     def stop(self, fast_seconds: float = 15, immediate_seconds: float = 10) -> None:
         """Bounded: a fast shutdown (clients disconnected, a shutdown checkpoint); if that does not end
-        in time, an immediate one (crash-safe: the next start replays the WAL); if even that hangs,
-        SIGKILL to the postmaster."""
-        if not (self.data_dir / "postmaster.pid").exists():
+        in time, an immediate one (crash-safe: the next start replays the WAL); then SIGKILL.
+
+        The postmaster is signalled directly, as `pg_ctl stop` does, instead of running pg_ctl: a fork
+        while another thread is in an OpenBLAS call (the model's forward pass) can block for good in
+        OpenBLAS's fork handler, which is how SIGTERM used to hang in embedded mode.
+        """
+        pid_file = self.data_dir / "postmaster.pid"
+        pid = self._postmaster_pid()
+        if pid is None:
+            pid_file.unlink(missing_ok=True)
             return
         started = time.monotonic()
-        log.info("stopping the embedded PostgreSQL on %s", self.data_dir)
-        pg_ctl = [str(_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w"]
-        try:
-            self._cmd([*pg_ctl, "-t", str(int(fast_seconds)), "-m", "fast", "stop"], timeout=fast_seconds + 5)
-        except EmbeddedPostgresError as exc:
-            if self._postmaster_pid() is not None:
-                log.warning("%s; stopping immediately", exc)
-                self._stop_immediately(pg_ctl, immediate_seconds)
-            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        log.info("stopping the embedded PostgreSQL (pid %d) on %s", pid, self.data_dir)
+        steps = (("fast", signal.SIGINT, fast_seconds), ("immediate", signal.SIGQUIT, immediate_seconds))
+        for mode, signum, seconds in (*steps, ("kill", signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                break
+            if self._wait_for_exit(pid, seconds):
+                break
+            log.warning("PostgreSQL did not stop within %.0fs of a %s shutdown", seconds, mode)
+        else:
+            raise EmbeddedPostgresError(f"PostgreSQL (pid {pid}) on {self.data_dir} survived SIGKILL")
+        if self._postmaster_pid() is None:
+            pid_file.unlink(missing_ok=True)  # left behind by an immediate shutdown or a kill
         log.info("embedded PostgreSQL stopped in %.1fs", time.monotonic() - started)
 
-    def _stop_immediately(self, pg_ctl: list[str], seconds: float) -> None:
-        try:
-            self._cmd([*pg_ctl, "-t", str(int(seconds)), "-m", "immediate", "stop"], timeout=seconds + 5)
-        except EmbeddedPostgresError as exc:
-            pid = self._postmaster_pid()
-            if pid is None:
-                return
-            log.error("%s; killing the postmaster (pid %d)", exc, pid)
-            os.kill(pid, signal.SIGKILL)
+    def _wait_for_exit(self, pid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._postmaster_pid() != pid:  # gone, a zombie (no cmdline), or the pid reused
+                return True
+            time.sleep(0.05)
+        return False
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"

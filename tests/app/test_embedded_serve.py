@@ -203,6 +203,7 @@ def test_sigterm_while_indexing_exits_within_the_grace_period(tmp_path: Path, ho
         assert elapsed < 20, (elapsed, serve.output()[-3000:], _pg_log(home))
         assert serve.proc.returncode in (0, -signal.SIGTERM), serve.output()[-3000:]
         assert not _postmaster_alive(home), serve.output()[-3000:]
+        assert "embedded PostgreSQL stopped in" in serve.output(), serve.output()[-3000:]
         assert "Traceback" not in serve.output(), serve.output()[-3000:]
     finally:
         serve.close()
