@@ -7,11 +7,23 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aperag.config import ConfigError, Settings, load_settings
+from aperag.embedded_pg import (
+    DataDirectoryInUse,
+    EmbeddedInstance,
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+    ServeLock,
+    default_home,
+)
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 if TYPE_CHECKING:
     from aperag.migrate import Report
@@ -19,68 +31,167 @@ if TYPE_CHECKING:
 log = logging.getLogger("aperag")
 
 
+class CommandError(RuntimeError):
+    """A command cannot do what was asked (e.g. an unknown collection): one line, exit 1."""
+
+
 def _require_database(settings: Settings) -> None:
     if not settings.database_configured:
-        raise SystemExit("POSTGRES_HOST is not set: this command needs a configured database")
+        raise ConfigError("POSTGRES_HOST is not set: this command needs a configured database")
 
 
-def _embedded_settings(settings: Settings) -> tuple[Settings, object]:
-    """Start the embedded PostgreSQL and return settings pointing at it."""
-    from aperag import migrate
-    from aperag.embedded_pg import EmbeddedPostgres
+def _database_settings(settings: Settings) -> Settings:
+    """Settings for a command that needs the database: the configured one, or else the database of
+    the embedded `aperag serve` running on EMBEDDED_PG_DATA_DIR."""
+    if settings.database_configured:
+        return settings
+    from aperag.embedded_pg import default_home, running_instance
 
-    home = Path(settings.embedded_pg_data_dir or Path.home() / ".local/share/aperag")
-    server = EmbeddedPostgres(home / "pgdata", port=int(os.environ.get("EMBEDDED_PG_PORT", "0")) or None)
-    server.start()
-    server.create_database("aperag")
-    objects = settings.object_store_local_root_dir
-    if "OBJECT_STORE_LOCAL_ROOT_DIR" not in os.environ:
-        objects = str(home / "objects")
-    embedded = replace(
+    home = default_home(settings.embedded_pg_data_dir)
+    instance = running_instance(home)
+    if instance is None:
+        raise ConfigError(
+            f"POSTGRES_HOST is not set and no embedded `aperag serve` is running on {home} "
+            "(start one, or set POSTGRES_HOST or EMBEDDED_PG_DATA_DIR)"
+        )
+    log.info(
+        "using the embedded aperag serve (pid %d): PostgreSQL 127.0.0.1:%d, data in %s",
+        instance.pid, instance.postgres_port, instance.home,
+    )  # fmt: skip
+    return replace(
         settings,
         postgres_host="127.0.0.1",
-        postgres_port=server.port,
-        postgres_db="aperag",
-        postgres_user=server.user,
+        postgres_port=instance.postgres_port,
+        postgres_db=instance.database,
+        postgres_user=instance.user,
         postgres_password="",
         vector_db_type="pgvector",
         fulltext_type="postgres",
         object_store_type="local",
-        object_store_local_root_dir=objects,
+        object_store_local_root_dir=instance.objects_dir,
     )
-    # Embedded mode is the one place the app migrates itself: there is no operator Job.
-    migrate.upgrade(embedded.database_url)
-    return embedded, server
+
+
+@dataclass
+class _Embedded:
+    """The embedded PostgreSQL of this `aperag serve`, and the lock that says it is ours."""
+
+    server: EmbeddedPostgres
+    lock: ServeLock
+    home: Path
+
+    def stop(self) -> None:
+        try:
+            self.server.stop()
+        except EmbeddedPostgresError as exc:
+            # Said in one line; the next start stops a server left running (see EmbeddedPostgres.start).
+            log.error("could not stop the embedded PostgreSQL: %s", exc)
+        finally:
+            self.lock.release()
+
+
+def _embedded_settings(settings: Settings) -> tuple[Settings, _Embedded]:
+    """Start the embedded PostgreSQL (recovering one a killed run left behind) and return settings
+    pointing at it. The caller publishes the instance once it knows the API address."""
+    from aperag import migrate
+
+    home = default_home(settings.embedded_pg_data_dir)
+    lock = ServeLock(home)
+    lock.acquire()
+    try:
+        server = EmbeddedPostgres(home / "pgdata", port=int(os.environ.get("EMBEDDED_PG_PORT", "0")) or None)
+        server.start()
+        server.create_database("aperag")
+        objects = settings.object_store_local_root_dir
+        if "OBJECT_STORE_LOCAL_ROOT_DIR" not in os.environ:
+            objects = str(home / "objects")
+        embedded = replace(
+            settings,
+            postgres_host="127.0.0.1",
+            postgres_port=server.port,
+            postgres_db="aperag",
+            postgres_user=server.user,
+            postgres_password="",
+            vector_db_type="pgvector",
+            fulltext_type="postgres",
+            object_store_type="local",
+            object_store_local_root_dir=objects,
+        )
+        # Embedded mode is the one place the app migrates itself: there is no operator Job.
+        migrate.upgrade(embedded.database_url)
+    except BaseException:
+        lock.release()
+        raise
+    return embedded, _Embedded(server, lock, home)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from aperag.api.app import create_app
-    from aperag.context import AppContext
-    from aperag.ingest.dispatch import CeleryDispatcher, InProcessDispatcher
     from aperag.telemetry import setup_tracing
 
     setup_tracing("aperag-api")
-    server = None
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    embedded: _Embedded | None = None
     if not settings.database_configured:
-        log.info("no POSTGRES_HOST: starting embedded PostgreSQL with pgvector and an in-process worker")
-        settings, server = _embedded_settings(settings)
+        settings, embedded = _embedded_settings(settings)
+    try:
+        app = _serving_app(settings, embedded, f"http://{host}:{port}")
+        uvicorn.run(
+            app, host=host, port=port, log_level="info",
+            # Open connections get this long after SIGTERM before the shutdown hooks run regardless.
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )  # fmt: skip
+    finally:
+        if embedded is not None:
+            # Also when serving never started (e.g. the port is taken): never leave PostgreSQL behind.
+            embedded.stop()
+    return 0
+
+
+def _serving_app(settings: Settings, embedded: _Embedded | None, api_url: str) -> FastAPI:
+    from aperag.api.app import create_app
+    from aperag.context import AppContext
+    from aperag.ingest.dispatch import CeleryDispatcher, InProcessDispatcher
+    from aperag.ingest.recovery import InProcessRecovery
+
     ctx = AppContext(settings=settings)
-    if settings.redis_configured and server is None:
+    # Run at shutdown in this order, each bounded: stop recovering, stop indexing (the running batch
+    # finishes or is abandoned), stop PostgreSQL.
+    hooks: list[Callable[[], None]] = []
+    if settings.redis_configured and embedded is None:
         ctx.dispatcher = CeleryDispatcher(settings.redis_url)
     else:
-        ctx.dispatcher = InProcessDispatcher(ctx, max_retries=settings.task_max_retries)
-    if server is not None:
-        ctx.ensure_store_schemas()
+        if embedded is not None:
+            ctx.ensure_store_schemas()
+        dispatcher = InProcessDispatcher(ctx, max_retries=settings.task_max_retries)
+        ctx.dispatcher = dispatcher
+        recovery = InProcessRecovery(ctx, dispatcher, sole_owner=embedded is not None)
+        recovery.start()
+        grace = settings.shutdown_grace_seconds
+
+        def stop_indexing() -> None:
+            recovery.stop()
+            dispatcher.stop(grace_seconds=grace)
+
+        hooks.append(stop_indexing)
+    if embedded is not None:
+        hooks.append(embedded.stop)
+        embedded.lock.publish(
+            EmbeddedInstance(
+                pid=os.getpid(), home=str(embedded.home), postgres_port=embedded.server.port,
+                database="aperag", user=embedded.server.user,
+                objects_dir=settings.object_store_local_root_dir, api_url=api_url,
+            )
+        )  # fmt: skip
+        log.info(
+            "embedded mode: data directory %s, PostgreSQL on 127.0.0.1:%d, API on %s (in-process indexing)",
+            embedded.home, embedded.server.port, api_url,
+        )  # fmt: skip
     if not settings.auth_enabled:
         log.warning("APERAG_API_KEYS is empty: the API accepts requests without authentication")
-    hooks = [server.stop] if server is not None else []  # type: ignore[attr-defined]
-    app = create_app(ctx, on_shutdown=hooks)
-    uvicorn.run(
-        app, host=args.host or settings.api_host, port=args.port or settings.api_port, log_level="info"
-    )
-    return 0
+    return create_app(ctx, on_shutdown=hooks)
 
 
 def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> None:
@@ -116,7 +227,7 @@ def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> No
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _require_database(settings)
     if not settings.redis_configured:
-        raise SystemExit("REDIS_HOST is not set: the worker needs the Redis broker")
+        raise ConfigError("REDIS_HOST is not set: the worker needs the Redis broker")
     from aperag.ingest.celery_app import celery_app
     from aperag.telemetry import setup_tracing
 
@@ -135,7 +246,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.redis_configured:
-        raise SystemExit("REDIS_HOST is not set: beat needs the Redis broker")
+        raise ConfigError("REDIS_HOST is not set: beat needs the Redis broker")
     from aperag.ingest.celery_app import celery_app
 
     _start_health(settings, redis_ping=True, database=False)
@@ -206,12 +317,12 @@ def _collect_files(path: Path) -> list[Path]:
         return sorted(p for p in path.rglob("*") if p.is_file())
     if path.is_file():
         return [path]
-    raise SystemExit(f"{path} does not exist")
+    raise CommandError(f"{path} does not exist")
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Index files synchronously in this process (no queue), for scripts and first loads."""
-    _require_database(settings)
+    settings = _database_settings(settings)
     from aperag import services
     from aperag.context import AppContext
     from aperag.ingest.pipeline import index_document
@@ -245,13 +356,23 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    _require_database(settings)
+    settings = _database_settings(settings)
+    from pydantic import ValidationError
+
     from aperag import services
+    from aperag.api.schemas import SearchRequest
     from aperag.context import AppContext
     from aperag.search import search
 
+    try:
+        SearchRequest(query=args.query, mode=args.mode, top_k=args.top_k)
+    except ValidationError as exc:
+        raise CommandError("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from exc
     ctx = AppContext(settings=settings)
-    collection = services.get_collection(ctx, args.collection)
+    try:
+        collection = services.get_collection(ctx, args.collection)
+    except services.NotFound as exc:
+        raise CommandError(str(exc)) from exc
     found = search(ctx, collection.id, args.query, args.mode, args.top_k)
     print(
         json.dumps(
@@ -323,11 +444,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-    except ConfigError as exc:
+        result: int = args.fn(args, load_settings())
+    except (ConfigError, DataDirectoryInUse) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    result: int = args.fn(args, settings)
+    except (CommandError, EmbeddedPostgresError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return result
 
 

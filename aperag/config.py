@@ -31,6 +31,13 @@ def _get_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _get_positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _get_int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
 def _get_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = _get(env, name, default).lower() or default
     if value not in choices:
@@ -113,7 +120,13 @@ class Settings:
     chunk_size: int = 200
     chunk_overlap_size: int = 20
     index_batch_size: int = 256
+    # Pending documents of one collection indexed together (shared forward passes); 1: one at a time.
+    ingest_batch_documents: int = 16
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Parse budgets per document (aperag.parsing.ParseLimits).
+    max_document_pages: int = 2000
+    max_document_unpacked_bytes: int = 200 * 1024 * 1024
+    max_document_chars: int = 5_000_000
 
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     api_host: str = "0.0.0.0"
@@ -128,6 +141,8 @@ class Settings:
     health_port: int = 8001
 
     embedded_pg_data_dir: str = ""
+    # After SIGTERM: how long open requests, then the running indexing batch, may take (each).
+    shutdown_grace_seconds: int = 10
 
     @property
     def database_configured(self) -> bool:
@@ -232,7 +247,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chunk_size=chunk_size,
         chunk_overlap_size=overlap,
         index_batch_size=_get_int(e, "INDEX_BATCH_SIZE", 256),
+        ingest_batch_documents=_get_positive_int(e, "INGEST_BATCH_DOCUMENTS", 16),
         max_upload_bytes=_get_int(e, "MAX_UPLOAD_BYTES", 20 * 1024 * 1024),
+        max_document_pages=_get_positive_int(e, "MAX_DOCUMENT_PAGES", 2000),
+        max_document_unpacked_bytes=_get_positive_int(e, "MAX_DOCUMENT_UNPACKED_BYTES", 200 * 1024 * 1024),
+        max_document_chars=_get_positive_int(e, "MAX_DOCUMENT_CHARS", 5_000_000),
         api_keys=keys,
         api_host=_get(e, "APERAG_HOST", "0.0.0.0") or "0.0.0.0",
         api_port=_get_int(e, "APERAG_PORT", 8000),
@@ -243,4 +262,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_metrics_port=_get_int(e, "WORKER_METRICS_PORT", 0),
         health_port=_get_int(e, "HEALTH_PORT", 8001),
         embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
+        shutdown_grace_seconds=_get_positive_int(e, "SHUTDOWN_GRACE_SECONDS", 10),
     )

@@ -12,9 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from aperag.context import AppContext
 from aperag.db.models import Collection, Document, DocumentStatus, new_id, utcnow
 from aperag.ingest.pipeline import remove_document_chunks
-from aperag.parsing import detect_content_type, extract_text
+from aperag.parsing import ParseLimits, detect_content_type, extract_text
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# Ids are uuid4().hex (aperag.db.models.new_id).
+_ID = re.compile(r"[0-9a-f]{32}")
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class NotFound(LookupError):
@@ -34,7 +37,7 @@ class TooLarge(ValueError):
 
 
 def create_collection(ctx: AppContext, name: str, description: str = "") -> Collection:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidInput("collection name must be 1-200 characters of letters, digits, '.', '_' or '-'")
     collection = Collection(id=new_id(), name=name, description=description, created_at=utcnow())
     try:
@@ -52,6 +55,9 @@ def list_collections(ctx: AppContext) -> list[Collection]:
 
 def get_collection(ctx: AppContext, ref: str) -> Collection:
     """By id or by name: the CLI takes names, the API returns ids; both work everywhere."""
+    if not _NAME.fullmatch(ref):
+        # Not a possible name or id (e.g. a NUL from a `%00` in the path): nothing to look up.
+        raise NotFound(f"collection {ref[:200]!r} not found")
     with ctx.sessions() as session:
         found = session.get(Collection, ref) or session.scalar(
             select(Collection).where(Collection.name == ref)
@@ -87,6 +93,13 @@ def document_counts(ctx: AppContext, collection_id: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
+def clean_filename(filename: str) -> str:
+    """The name as stored and shown: control characters and surrogates (which PostgreSQL text cannot
+    hold) dropped, any directory part removed, at most 500 characters."""
+    name = _UNSTORABLE.sub("", filename).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:500] or "upload"
+
+
 @dataclass(frozen=True)
 class UploadResult:
     document: Document
@@ -97,6 +110,7 @@ def upload_document(
     ctx: AppContext, collection_ref: str, filename: str, declared_type: str | None, data: bytes
 ) -> UploadResult:
     collection = get_collection(ctx, collection_ref)
+    filename = clean_filename(filename)
     if len(data) > ctx.settings.max_upload_bytes:
         raise TooLarge(
             f"file is {len(data)} bytes; the limit is {ctx.settings.max_upload_bytes} (MAX_UPLOAD_BYTES)"
@@ -105,7 +119,7 @@ def upload_document(
         raise InvalidInput("document is empty")
     content_type = detect_content_type(filename, declared_type)
     # Parse now so that an unreadable or text-less file is a 4xx at upload, not a failure later.
-    extract_text(data, content_type)
+    extract_text(data, content_type, ParseLimits.from_settings(ctx.settings))
     digest = hashlib.sha256(data).hexdigest()
     with ctx.sessions() as session:
         existing = session.scalar(
@@ -165,6 +179,8 @@ def list_documents(ctx: AppContext, collection_ref: str) -> list[Document]:
 
 def get_document(ctx: AppContext, collection_ref: str, document_id: str) -> Document:
     collection = get_collection(ctx, collection_ref)
+    if not _ID.fullmatch(document_id):
+        raise NotFound(f"document {document_id[:100]!r} not found in collection {collection_ref!r}")
     with ctx.sessions() as session:
         doc = session.get(Document, document_id)
     if doc is None or doc.collection_id != collection.id:

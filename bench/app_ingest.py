@@ -10,6 +10,10 @@ document's `status_changed_at` (written by the worker when it marks the document
 adds nothing to the measurement. The same documents are also indexed in-process
 (`index_document` called directly) to separate the pipeline's cost from Celery's.
 
+The worker indexes the small pending documents of a collection together (INGEST_BATCH_DOCUMENTS,
+default 16); the small documents are measured a second time with a worker that takes one document
+per task (INGEST_BATCH_DOCUMENTS=1), in the same run, to show what the batching changes.
+
 Raw embedding = `embedder.embed()` on exactly the chunk texts the pipeline produces (same tokenizer,
 chunk size, overlap and batch sizes), in the same process as the in-process run. The documents are
 split into rounds; each round runs raw, worker, raw, in-process, raw, and each ingestion run is
@@ -31,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -232,6 +237,12 @@ def main() -> None:
                 ),
                 scenario(ctx, ctx.settings.redis_url, "small", small, args.rounds),
             ]
+            assert worker.poll() is None, "the worker died"
+        one_by_one = AppContext(settings=replace(ctx.settings, ingest_batch_documents=1))
+        with celery_worker({**db.env, "INGEST_BATCH_DOCUMENTS": "1"}) as worker:
+            warm = upload_all(one_by_one, "warmup-unbatched", {"warm.md": "Warm-up document, again. " * 40})
+            through_worker(one_by_one, ctx.settings.redis_url, warm)
+            results.append(scenario(one_by_one, ctx.settings.redis_url, "small-unbatched", small, args.rounds))
             assert worker.poll() is None, "the worker died"
         versions = server_version(ctx)
 

@@ -18,12 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
+from sqlalchemy.exc import DataError, OperationalError
 
 from aperag import metrics, services
 from aperag.api.schemas import (
     CollectionCreate,
     CollectionOut,
     DocumentOut,
+    ErrorOut,
     ReadyOut,
     SearchHit,
     SearchOut,
@@ -53,6 +55,23 @@ _ERRORS: dict[type[Exception], int] = {
     UnparsableDocument: 422,
     StoreUnavailable: 503,
 }
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "invalid input (an empty file, a bad collection name, a body that is not UTF-8 JSON)",
+    401: "missing or invalid API key",
+    404: "unknown collection or document",
+    409: "a collection with that name exists",
+    413: "the file is larger than MAX_UPLOAD_BYTES",
+    415: "unsupported file type",
+    422: "malformed request, or a file with no readable text or over a parse budget",
+    503: "the database or a store is unreachable",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give (all with an ErrorOut body)."""
+    return {code: {"model": ErrorOut, "description": _ERROR_DESCRIPTIONS[code]} for code in (401, 422, 503, *codes)}
 
 
 class _QueueDepthCollector(Collector):
@@ -120,6 +139,27 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
 
         app.add_exception_handler(exc_type, handler)
 
+    def invalid_value(_: Request, exc: Exception) -> JSONResponse:
+        # The database refused a value (out of range, a character it cannot store): bad input that
+        # got past validation. Say so rather than fail with a 500.
+        log.warning("database rejected a request value: %s", exc)
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        return JSONResponse({"detail": f"invalid value: {reason}"}, status_code=422)
+
+    def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: logged with its traceback; the client still gets a JSON answer on an
+        # intact connection.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse({"detail": "the database is unreachable; try again later"}, status_code=503)
+
+    app.add_exception_handler(DataError, invalid_value)
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(Exception, unexpected)
+
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
@@ -164,28 +204,42 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         response.status_code = 200 if ok else 503
         return ReadyOut(ready=ok, checks=checks)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get(
+        "/metrics", tags=["health"], response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    )  # fmt: skip
     def prometheus_metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/api/v1/collections", status_code=201, response_model=CollectionOut, dependencies=auth)
+    @app.post(
+        "/api/v1/collections", status_code=201, response_model=CollectionOut, dependencies=auth,
+        responses=_errors(400, 409),
+    )  # fmt: skip
     def create_collection(body: CollectionCreate) -> CollectionOut:
         return _collection_out(ctx, services.create_collection(ctx, body.name, body.description))
 
-    @app.get("/api/v1/collections", response_model=list[CollectionOut], dependencies=auth)
+    @app.get("/api/v1/collections", response_model=list[CollectionOut], dependencies=auth, responses=_errors())
     def list_collections() -> list[CollectionOut]:
         return [_collection_out(ctx, c) for c in services.list_collections(ctx)]
 
-    @app.get("/api/v1/collections/{collection}", response_model=CollectionOut, dependencies=auth)
+    @app.get(
+        "/api/v1/collections/{collection}", response_model=CollectionOut, dependencies=auth, responses=_errors(404)
+    )
     def get_collection(collection: str) -> CollectionOut:
         return _collection_out(ctx, services.get_collection(ctx, collection))
 
-    @app.delete("/api/v1/collections/{collection}", status_code=204, dependencies=auth)
+    @app.delete("/api/v1/collections/{collection}", status_code=204, dependencies=auth, responses=_errors(404))
     def delete_collection(collection: str) -> Response:
         services.delete_collection(ctx, collection)
         return Response(status_code=204)
 
-    @app.post("/api/v1/collections/{collection}/documents", response_model=UploadOut, dependencies=auth)
+    @app.post(
+        "/api/v1/collections/{collection}/documents", response_model=UploadOut, dependencies=auth,
+        responses={
+            201: {"model": UploadOut, "description": "a new document, queued for indexing"},
+            **_errors(400, 404, 413, 415),
+        },
+    )  # fmt: skip
     async def upload(collection: str, response: Response, file: Annotated[UploadFile, File()]) -> UploadOut:
         # Read one byte past the limit: enough to know the file is too large without buffering it all.
         data = await file.read(ctx.settings.max_upload_bytes + 1)
@@ -196,8 +250,9 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         return UploadOut(**_doc_out(result.document).model_dump(), duplicate=not result.created)
 
     @app.get(
-        "/api/v1/collections/{collection}/documents", response_model=list[DocumentOut], dependencies=auth
-    )
+        "/api/v1/collections/{collection}/documents", response_model=list[DocumentOut], dependencies=auth,
+        responses=_errors(404),
+    )  # fmt: skip
     def list_documents(collection: str) -> list[DocumentOut]:
         return [_doc_out(d) for d in services.list_documents(ctx, collection)]
 
@@ -205,13 +260,15 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         "/api/v1/collections/{collection}/documents/{document_id}",
         response_model=DocumentOut,
         dependencies=auth,
+        responses=_errors(404),
     )
     def get_document(collection: str, document_id: str) -> DocumentOut:
         return _doc_out(services.get_document(ctx, collection, document_id))
 
     @app.delete(
-        "/api/v1/collections/{collection}/documents/{document_id}", status_code=204, dependencies=auth
-    )
+        "/api/v1/collections/{collection}/documents/{document_id}", status_code=204, dependencies=auth,
+        responses=_errors(404),
+    )  # fmt: skip
     def delete_document(collection: str, document_id: str) -> Response:
         services.delete_document(ctx, collection, document_id)
         return Response(status_code=204)
@@ -221,12 +278,16 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         status_code=202,
         response_model=DocumentOut,
         dependencies=auth,
+        responses=_errors(404),
     )
     def reindex(collection: str, document_id: str) -> DocumentOut:
         doc = services.get_document(ctx, collection, document_id)
         return _doc_out(services.reindex_document(ctx, doc.id))
 
-    @app.post("/api/v1/collections/{collection}/search", response_model=SearchOut, dependencies=auth)
+    @app.post(
+        "/api/v1/collections/{collection}/search", response_model=SearchOut, dependencies=auth,
+        responses=_errors(400, 404),
+    )  # fmt: skip
     def search_collection(collection: str, body: SearchRequest) -> SearchOut:
         c = services.get_collection(ctx, collection)
         found = search(ctx, c.id, body.query, body.mode, body.top_k)

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+# Control characters other than tab, newline and carriage return, and lone UTF-16 surrogates (JSON
+# can spell them, UTF-8 cannot): PostgreSQL text cannot hold NUL or a surrogate, and none of them
+# belongs in a name, a description or a query.
+_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_WORD = re.compile(r"\w")
+
+
+def _no_control_characters(value: str) -> str:
+    found = _UNSTORABLE.search(value)
+    if found:
+        raise ValueError(f"must not contain control characters or lone surrogates (found {found.group()!r})")
+    return value
 
 
 class CollectionCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
+
+    _check_text = field_validator("name", "description")(_no_control_characters)
 
 
 class CollectionOut(BaseModel):
@@ -40,9 +56,20 @@ class UploadOut(DocumentOut):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=4000)
+    query: str = Field(
+        min_length=1, max_length=4000, pattern=r"\w", description="text to search for; needs a letter or digit"
+    )
     mode: Literal["vector", "fulltext", "hybrid"] = "hybrid"
     top_k: int = Field(default=10, ge=1, le=100)
+
+    @field_validator("query")
+    @classmethod
+    def _query_text(cls, value: str) -> str:
+        # A blank (or punctuation-only) query matches nothing in full-text search and an arbitrary
+        # neighbourhood in vector search: refuse it rather than return noise.
+        if not _WORD.search(value):
+            raise ValueError("query must contain a letter or digit, not only whitespace or punctuation")
+        return _no_control_characters(value)
 
 
 class SearchHit(BaseModel):
@@ -64,3 +91,9 @@ class SearchOut(BaseModel):
 class ReadyOut(BaseModel):
     ready: bool
     checks: dict[str, str]
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="what was wrong: a sentence, or FastAPI's list of validation errors for a malformed request"
+    )

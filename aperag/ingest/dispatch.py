@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -43,41 +42,83 @@ class CeleryDispatcher:
 
 
 class InProcessDispatcher:
-    """One background thread: the embedded single-command mode has no Redis and no worker."""
+    """One background thread: the embedded single-command mode has no Redis and no worker.
+
+    The thread is a daemon and every wait in it watches the stop event, so shutdown is bounded: `stop`
+    stops taking work, lets the running batch finish within a grace period (the pipeline checks the
+    event between documents and between forward passes, and gives a cancelled batch back to
+    `pending`), and otherwise abandons it. Whatever is left `pending`/`indexing` is recovered at the
+    next start (aperag.ingest.recovery).
+    """
 
     def __init__(self, ctx: AppContext, max_retries: int = 3) -> None:
         self.ctx = ctx
         self.max_retries = max_retries
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aperag-ingest")
-        self._pending = 0
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._tracked: set[str] = set()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="aperag-ingest", daemon=True)
+        self._thread.start()
 
     def enqueue(self, document_id: str) -> None:
         with self._lock:
-            self._pending += 1
-        self.executor.submit(self._run, document_id)
+            if self._stop.is_set() or document_id in self._tracked:
+                return
+            self._tracked.add(document_id)
+        self._queue.put(document_id)
+
+    def tracked(self) -> set[str]:
+        """Documents queued or running here (the periodic recovery leaves them alone)."""
+        with self._lock:
+            return set(self._tracked)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                document_id = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._run(document_id)
+            finally:
+                with self._lock:
+                    self._tracked.discard(document_id)
 
     def _run(self, document_id: str) -> None:
-        from aperag.ingest.pipeline import TransientIngestionError, index_document
+        from aperag.ingest.pipeline import IngestionCancelled, TransientIngestionError, index_document
 
-        try:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    index_document(self.ctx, document_id, final_attempt=attempt == self.max_retries)
-                    return
-                except TransientIngestionError as exc:
-                    delay = min(30.0, 2.0**attempt)
-                    log.warning("indexing %s failed (%s); retry in %.0fs", document_id, exc, delay)
-                    time.sleep(delay)
-        except Exception:
-            log.exception("indexing %s crashed", document_id)
-        finally:
-            with self._lock:
-                self._pending -= 1
+        for attempt in range(self.max_retries + 1):
+            if self._stop.is_set():
+                return
+            try:
+                index_document(
+                    self.ctx, document_id, final_attempt=attempt == self.max_retries, cancel=self._stop
+                )
+                return
+            except IngestionCancelled:
+                return
+            except TransientIngestionError as exc:
+                delay = min(30.0, 2.0**attempt)
+                log.warning("indexing %s failed (%s); retry in %.0fs", document_id, exc, delay)
+                self._stop.wait(delay)
+            except Exception:
+                # index_document records failures itself; this is a last resort so the thread lives on.
+                log.exception("indexing %s crashed", document_id)
+                return
 
     def queue_depth(self) -> int:
         with self._lock:
-            return self._pending
+            return len(self._tracked)
+
+    def stop(self, grace_seconds: float = 10.0) -> bool:
+        """Stop taking work and wait up to `grace_seconds` for the running batch. True if it ended."""
+        self._stop.set()
+        self._thread.join(timeout=grace_seconds)
+        finished = not self._thread.is_alive()
+        if not finished:
+            log.warning("indexing did not stop within %.0fs; abandoning it (recovered at next start)", grace_seconds)
+        return finished
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.stop(grace_seconds=10.0)

@@ -1,34 +1,48 @@
-"""Index one document. Idempotent: running it twice leaves the same chunks.
+"""Index documents. Idempotent: running it twice leaves the same chunks.
 
 Chunks become visible to search only when the document turns `ready` (search joins on it), so a
 document that fails half-way is never half-searchable.
+
+Small documents are indexed together: the task for one document also claims other pending documents
+of its collection (up to INGEST_BATCH_DOCUMENTS), and their chunks share the model's forward passes
+and the store writes. Their own tasks, when they arrive, find them `ready` (or locked) and return.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, delete, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from aperag import metrics
-from aperag.chunking import chunk_text
+from aperag.chunking import TextChunk, chunk_text
 from aperag.context import AppContext
 from aperag.db.models import Chunk, Document, DocumentStatus, chunk_id
 from aperag.db.session import get_engine
-from aperag.parsing import UnparsableDocument, UnsupportedDocument, extract_text
+from aperag.parsing import ParseLimits, UnparsableDocument, UnsupportedDocument, extract_text
 from aperag.stores import IndexedChunk, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+# Companions are small documents: a large one fills the forward passes by itself.
+COMPANION_MAX_BYTES = 256 * 1024
+COMPANION_TOTAL_BYTES = 2 * 1024 * 1024
+
 
 class TransientIngestionError(RuntimeError):
     """Worth retrying: a store, the database or the embedding service was unreachable."""
+
+
+class IngestionCancelled(RuntimeError):
+    """Shutdown asked the running batch to stop; its documents went back to `pending`."""
 
 
 def _transient_types() -> tuple[type[BaseException], ...]:
@@ -37,23 +51,67 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     return (StoreUnavailable, OperationalError, EmbeddingServiceError, ConnectionError, TimeoutError)
 
 
+def _lock_key(document_id: str) -> int:
+    return zlib.crc32(document_id.encode()) | (1 << 40)
+
+
+class _Locks:
+    """Session-level advisory locks on one connection: whoever holds a document's lock indexes it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.held: set[int] = set()
+
+    def try_lock(self, document_id: str) -> bool:
+        key = _lock_key(document_id)
+        got = bool(self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        self.conn.commit()
+        if got:
+            self.held.add(key)
+        return got
+
+    def unlock(self, document_id: str) -> None:
+        key = _lock_key(document_id)
+        if key in self.held:
+            self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            self.conn.commit()
+            self.held.discard(key)
+
+    def release_all(self) -> None:
+        try:
+            self.conn.execute(text("SELECT pg_advisory_unlock_all()"))
+            self.conn.commit()
+        except SQLAlchemyError as exc:
+            # The connection is gone, and its session-level locks with it.
+            log.warning("could not release advisory locks (%s); the closed session released them", exc)
+            self.conn.invalidate()
+        self.held.clear()
+
+
+@contextmanager
+def _advisory_locks(ctx: AppContext) -> Iterator[_Locks]:
+    with get_engine(ctx.settings.database_url).connect() as conn:
+        locks = _Locks(conn)
+        try:
+            yield locks
+        finally:
+            locks.release_all()
+
+
 @contextmanager
 def document_lock(ctx: AppContext, document_id: str) -> Iterator[bool]:
     """True if this process holds the document's advisory lock; a duplicate delivery gets False."""
-    key = zlib.crc32(document_id.encode()) | (1 << 40)
-    with get_engine(ctx.settings.database_url).connect() as conn:
-        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-        conn.commit()
-        try:
-            yield got
-        finally:
-            if got:
-                _unlock(conn, key)
+    with _advisory_locks(ctx) as locks:
+        yield locks.try_lock(document_id)
 
 
-def _unlock(conn: Connection, key: int) -> None:
-    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    conn.commit()
+@dataclass(frozen=True)
+class _Claimed:
+    id: str
+    collection_id: str
+    object_key: str
+    content_type: str
+    size_bytes: int
 
 
 def _set_status(ctx: AppContext, document_id: str, status: DocumentStatus, error: str | None = None) -> None:
@@ -82,96 +140,219 @@ def _cleanup_best_effort(ctx: AppContext, document_id: str) -> None:
         log.warning("could not remove partial chunks of %s: %s", document_id, exc)
 
 
-def index_document(ctx: AppContext, document_id: str, *, final_attempt: bool) -> str:
-    """Returns the final status. Raises TransientIngestionError when a retry should follow."""
-    started = time.perf_counter()
-    with document_lock(ctx, document_id) as locked:
-        if not locked:
-            log.info("document %s is being indexed by another worker; skipping", document_id)
-            return "skipped"
-        with ctx.sessions.begin() as session:
-            doc = session.get(Document, document_id)
-            if doc is None:
-                return "deleted"
-            if doc.status == DocumentStatus.READY.value:
-                return "ready"
-            doc.status = DocumentStatus.INDEXING.value
-            doc.attempts += 1
-            doc.status_changed_at = datetime.now(UTC)
-            object_key, content_type, collection_id = doc.object_key, doc.content_type, doc.collection_id
-        try:
-            count = _index(ctx, document_id, collection_id, object_key, content_type)
-        except (UnparsableDocument, UnsupportedDocument, FileNotFoundError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            _cleanup_best_effort(ctx, document_id)
-            _set_status(ctx, document_id, DocumentStatus.FAILED, reason)
-            metrics.INGESTED_DOCUMENTS.labels(result="failed").inc()
-            return "failed"
-        except _transient_types() as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if final_attempt:
-                _cleanup_best_effort(ctx, document_id)
-                _set_status(ctx, document_id, DocumentStatus.FAILED, f"gave up after retries: {reason}")
-                metrics.INGESTED_DOCUMENTS.labels(result="failed").inc()
-                return "failed"
-            try:
-                _set_status(ctx, document_id, DocumentStatus.PENDING, f"retrying: {reason}")
-            except _transient_types():
-                log.warning("could not record retry state of %s", document_id)
-            metrics.INGESTED_DOCUMENTS.labels(result="retry").inc()
-            raise TransientIngestionError(reason) from exc
-    metrics.INGESTED_DOCUMENTS.labels(result="ready").inc()
-    metrics.INGESTED_CHUNKS.inc(count)
-    metrics.INGESTION_SECONDS.observe(time.perf_counter() - started)
-    return "ready"
+def _fail(ctx: AppContext, document_id: str, reason: str) -> None:
+    _cleanup_best_effort(ctx, document_id)
+    _set_status(ctx, document_id, DocumentStatus.FAILED, reason[:2000])
+    metrics.INGESTED_DOCUMENTS.labels(result="failed").inc()
 
 
-def _index(ctx: AppContext, document_id: str, collection_id: str, object_key: str, content_type: str) -> int:
-    settings = ctx.settings
-    text_content = extract_text(ctx.object_store.get(object_key), content_type)
-    pieces = chunk_text(text_content, ctx.tokenizer, settings.chunk_size, settings.chunk_overlap_size)
+def _claim(ctx: AppContext, document_id: str, *, only_pending: bool) -> _Claimed | str:
+    """Mark the document `indexing` (we hold its lock); else say why not: deleted, ready, taken."""
+    with ctx.sessions.begin() as session:
+        doc = session.get(Document, document_id, with_for_update=True)
+        if doc is None:
+            return "deleted"
+        if doc.status == DocumentStatus.READY.value:
+            return "ready"
+        if only_pending and (doc.status != DocumentStatus.PENDING.value or doc.error is not None):
+            return doc.status
+        doc.status = DocumentStatus.INDEXING.value
+        doc.attempts += 1
+        doc.status_changed_at = datetime.now(UTC)
+        return _Claimed(doc.id, doc.collection_id, doc.object_key, doc.content_type, doc.size_bytes)
+
+
+def _claim_companions(ctx: AppContext, primary: _Claimed, locks: _Locks) -> list[_Claimed]:
+    """Other small pending documents of the same collection, oldest first. Documents waiting for a
+    retry (pending with an error) are left to their own task and its backoff."""
+    wanted = ctx.settings.ingest_batch_documents - 1
+    if wanted < 1 or primary.size_bytes > COMPANION_MAX_BYTES:
+        return []
+    with ctx.sessions() as session:
+        candidates = session.execute(
+            select(Document.id)
+            .where(
+                Document.collection_id == primary.collection_id,
+                Document.status == DocumentStatus.PENDING.value,
+                Document.error.is_(None),
+                Document.id != primary.id,
+                Document.size_bytes <= COMPANION_MAX_BYTES,
+            )
+            .order_by(Document.created_at)
+            .limit(wanted * 2)
+        ).scalars()
+        ids = list(candidates)
+    claimed: list[_Claimed] = []
+    budget = COMPANION_TOTAL_BYTES - primary.size_bytes
+    for document_id in ids:
+        if len(claimed) >= wanted or budget <= 0:
+            break
+        if not locks.try_lock(document_id):
+            continue
+        outcome = _claim(ctx, document_id, only_pending=True)
+        if isinstance(outcome, str):
+            locks.unlock(document_id)
+            continue
+        claimed.append(outcome)
+        budget -= outcome.size_bytes
+    return claimed
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise IngestionCancelled("shutting down")
+
+
+def _parse(ctx: AppContext, doc: _Claimed) -> list[TextChunk]:
+    s = ctx.settings
+    content = extract_text(ctx.object_store.get(doc.object_key), doc.content_type, ParseLimits.from_settings(s))
+    pieces = chunk_text(content, ctx.tokenizer, s.chunk_size, s.chunk_overlap_size)
     if not pieces:
         raise UnparsableDocument("document contains no text")
-    # Start clean: a previous attempt (or an older version of the chunking settings) may have left
-    # chunks whose ordinals the new run does not produce.
-    remove_document_chunks(ctx, document_id)
-    rows: list[Chunk] = []
-    for start in range(0, len(pieces), settings.index_batch_size):
-        batch = pieces[start : start + settings.index_batch_size]
-        indexed = [
-            IndexedChunk(chunk_id(document_id, p.ordinal), document_id, collection_id, p.text) for p in batch
-        ]
-        vectors = ctx.embedder.embed([p.text for p in batch])
+    return pieces
+
+
+def _index_batch(ctx: AppContext, batch: list[_Claimed], cancel: threading.Event | None) -> dict[str, str]:
+    """Parse, chunk, embed and store a batch of claimed documents; returns each one's final status."""
+    outcome: dict[str, str] = {}
+    parsed: list[tuple[_Claimed, list[TextChunk]]] = []
+    for doc in batch:
+        _check_cancel(cancel)
+        try:
+            parsed.append((doc, _parse(ctx, doc)))
+        except (UnparsableDocument, UnsupportedDocument, FileNotFoundError) as exc:
+            _fail(ctx, doc.id, f"{type(exc).__name__}: {exc}")
+            outcome[doc.id] = "failed"
+    # Start clean: a previous attempt (or older chunking settings) may have left chunks whose
+    # ordinals this run does not produce.
+    for doc, _ in parsed:
+        remove_document_chunks(ctx, doc.id)
+    flat = [(doc, piece) for doc, pieces in parsed for piece in pieces]
+    rows: dict[str, list[Chunk]] = {doc.id: [] for doc, _ in parsed}
+    step = ctx.settings.index_batch_size
+    for start in range(0, len(flat), step):
+        _check_cancel(cancel)
+        part = flat[start : start + step]
+        indexed = [IndexedChunk(chunk_id(d.id, p.ordinal), d.id, d.collection_id, p.text) for d, p in part]
+        vectors = ctx.embedder.embed([p.text for _, p in part])
         ctx.vector_store.upsert(indexed, vectors)
         ctx.fulltext_store.upsert(indexed)
-        rows.extend(
-            Chunk(
-                id=c.chunk_id,
-                document_id=document_id,
-                collection_id=collection_id,
-                ordinal=p.ordinal,
-                text=p.text,
-                token_count=p.token_count,
-                start_char=p.start_char,
-                end_char=p.end_char,
+        for c, (d, p) in zip(indexed, part, strict=True):
+            rows[d.id].append(
+                Chunk(
+                    id=c.chunk_id,
+                    document_id=d.id,
+                    collection_id=d.collection_id,
+                    ordinal=p.ordinal,
+                    text=p.text,
+                    token_count=p.token_count,
+                    start_char=p.start_char,
+                    end_char=p.end_char,
+                )
             )
-            for c, p in zip(indexed, batch, strict=True)
-        )
+    _check_cancel(cancel)
+    deleted: list[str] = []
     with ctx.sessions.begin() as session:
-        doc = session.get(Document, document_id)
-        if doc is None:
-            # Deleted while we indexed: undo our writes.
-            remove_document_chunks(ctx, document_id)
-            return 0
-        session.add_all(rows)
-        doc.status = DocumentStatus.READY.value
-        doc.error = None
-        doc.chunk_count = len(rows)
-        doc.status_changed_at = datetime.now(UTC)
-    return len(rows)
+        for document_id, doc_rows in rows.items():
+            row = session.get(Document, document_id)
+            if row is None:
+                deleted.append(document_id)
+                continue
+            session.add_all(doc_rows)
+            row.status = DocumentStatus.READY.value
+            row.error = None
+            row.chunk_count = len(doc_rows)
+            row.status_changed_at = datetime.now(UTC)
+            outcome[document_id] = "ready"
+    for document_id in deleted:
+        # Deleted while we indexed: undo our writes.
+        remove_document_chunks(ctx, document_id)
+        outcome[document_id] = "deleted"
+    metrics.INGESTED_CHUNKS.inc(sum(len(r) for d, r in rows.items() if d not in deleted))
+    metrics.INGESTED_DOCUMENTS.labels(result="ready").inc(sum(1 for v in outcome.values() if v == "ready"))
+    return outcome
 
 
-def stuck_documents(ctx: AppContext, older_than_seconds: int) -> list[tuple[str, int]]:
+def _release(ctx: AppContext, docs: list[_Claimed], error: str | None, requeue: bool) -> None:
+    """Give claimed documents back: `pending` again, and (for companions whose own task may already
+    have been consumed while we held their lock) queued again."""
+    for doc in docs:
+        try:
+            _set_status(ctx, doc.id, DocumentStatus.PENDING, error)
+            if requeue and ctx.dispatcher is not None:
+                ctx.dispatcher.enqueue(doc.id)
+        except Exception as exc:  # the database or broker is away: the reconciler finds them later
+            log.warning("could not give %s back to the queue: %s", doc.id, exc)
+
+
+def index_document(
+    ctx: AppContext, document_id: str, *, final_attempt: bool, cancel: threading.Event | None = None
+) -> str:
+    """Index the document (and small pending companions); returns its final status.
+
+    Raises TransientIngestionError when a retry should follow, IngestionCancelled when `cancel` was
+    set (the batch is then back to `pending`). Any other failure marks the documents `failed` with
+    the reason: a document never stays `indexing` because of an error.
+    """
+    try:
+        return _index_with_companions(ctx, document_id, final_attempt, cancel)
+    except _transient_types() as exc:
+        # The database went away before (or while) anything was claimed or recorded.
+        raise TransientIngestionError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _index_with_companions(
+    ctx: AppContext, document_id: str, final_attempt: bool, cancel: threading.Event | None
+) -> str:
+    started = time.perf_counter()
+    with _advisory_locks(ctx) as locks:
+        if not locks.try_lock(document_id):
+            log.info("document %s is being indexed by another worker; skipping", document_id)
+            return "skipped"
+        primary = _claim(ctx, document_id, only_pending=False)
+        if isinstance(primary, str):
+            return primary
+        companions: list[_Claimed] = []
+        try:
+            companions = _claim_companions(ctx, primary, locks)
+            outcome = _index_batch(ctx, [primary, *companions], cancel)
+        except IngestionCancelled:
+            _release(ctx, [primary, *companions], None, requeue=False)
+            raise
+        except _transient_types() as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            _release(ctx, companions, None, requeue=True)
+            if final_attempt:
+                _fail(ctx, primary.id, f"gave up after retries: {reason}")
+                return "failed"
+            try:
+                _set_status(ctx, primary.id, DocumentStatus.PENDING, f"retrying: {reason}")
+            except _transient_types():
+                log.warning("could not record retry state of %s", primary.id)
+            metrics.INGESTED_DOCUMENTS.labels(result="retry").inc()
+            raise TransientIngestionError(reason) from exc
+        except Exception as exc:
+            # A bug or a value the stores refuse: retrying would fail the same way.
+            log.exception("indexing %s failed unexpectedly", [d.id for d in (primary, *companions)])
+            for doc in (primary, *companions):
+                _fail_best_effort(ctx, doc.id, f"internal error: {type(exc).__name__}: {exc}")
+            return "failed"
+    metrics.INGESTION_SECONDS.observe(time.perf_counter() - started)
+    if companions:
+        log.info("indexed %s with %d companion documents in one batch", primary.id, len(companions))
+    return outcome[primary.id]
+
+
+def _fail_best_effort(ctx: AppContext, document_id: str, reason: str) -> None:
+    try:
+        _fail(ctx, document_id, reason)
+    except Exception as exc:
+        log.warning("could not mark %s failed (%s); the reconciler will", document_id, exc)
+
+
+def stuck_documents(
+    ctx: AppContext, older_than_seconds: int, exclude: Collection[str] = ()
+) -> list[tuple[str, int]]:
     cutoff = datetime.fromtimestamp(time.time() - older_than_seconds, UTC)
     with ctx.sessions() as session:
         rows = session.execute(
@@ -180,17 +361,20 @@ def stuck_documents(ctx: AppContext, older_than_seconds: int) -> list[tuple[str,
                 Document.status_changed_at < cutoff,
             )
         ).all()
-    return [(r[0], r[1]) for r in rows]
+    return [(r[0], r[1]) for r in rows if r[0] not in exclude]
 
 
-def reconcile(ctx: AppContext) -> dict[str, int]:
-    """Re-dispatch documents stuck in pending/indexing (a lost task, a killed worker); give up on
-    those that already used all their attempts."""
+def reconcile(
+    ctx: AppContext, *, older_than_seconds: int | None = None, exclude: Collection[str] = ()
+) -> dict[str, int]:
+    """Re-dispatch documents stuck in pending/indexing (a lost task, a killed worker or process);
+    give up on those that already used all their attempts. `exclude`: documents the caller knows to
+    be queued or running in this very process."""
+    older = ctx.settings.stuck_after_seconds if older_than_seconds is None else older_than_seconds
     requeued = failed = 0
-    for document_id, attempts in stuck_documents(ctx, ctx.settings.stuck_after_seconds):
+    for document_id, attempts in stuck_documents(ctx, older, exclude):
         if attempts > ctx.settings.task_max_retries:
-            _cleanup_best_effort(ctx, document_id)
-            _set_status(ctx, document_id, DocumentStatus.FAILED, f"stuck after {attempts} attempts")
+            _fail(ctx, document_id, f"stuck after {attempts} attempts")
             failed += 1
             continue
         _set_status(ctx, document_id, DocumentStatus.PENDING, None)
@@ -198,3 +382,5 @@ def reconcile(ctx: AppContext) -> dict[str, int]:
             ctx.dispatcher.enqueue(document_id)
         requeued += 1
     return {"requeued": requeued, "failed": failed}
+
+

@@ -184,3 +184,99 @@ def test_openapi_docs_served(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/api/v1/collections/{collection}/search" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_nul_and_control_characters_get_a_clear_4xx_never_a_500(client: TestClient) -> None:
+    client.post("/api/v1/collections", headers=AUTH, json={"name": "kb"})
+    bad_description = client.post(
+        "/api/v1/collections", headers=AUTH, json={"name": "other", "description": "a\x00b"}
+    )
+    assert bad_description.status_code == 422 and "control characters" in bad_description.text
+    surrogate = client.post("/api/v1/collections", headers=AUTH, content=b'{"name": "x", "description": "\\ud800"}')
+    assert surrogate.status_code == 422, surrogate.text
+    for path in (
+        "/api/v1/collections/kb%00",
+        "/api/v1/collections/%00/documents",
+        "/api/v1/collections/kb/documents/%00",
+    ):
+        resp = client.get(path, headers=AUTH)
+        assert resp.status_code == 404 and "not found" in resp.json()["detail"], (path, resp.text)
+    assert client.delete("/api/v1/collections/kb/documents/%00", headers=AUTH).status_code == 404
+    nul_query = client.post("/api/v1/collections/kb/search", headers=AUTH, json={"query": "bees\x00"})
+    assert nul_query.status_code == 422 and "control characters" in nul_query.text
+    # A NUL in the file name is dropped from the stored name; the upload itself is fine. (Written by
+    # hand: httpx would percent-encode it.)
+    body = (
+        b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"no\x00tes.txt\"\r\n"
+        b"Content-Type: text/plain\r\n\r\nAxolotls regrow their limbs.\r\n--b0undary--\r\n"
+    )
+    named = client.post(
+        "/api/v1/collections/kb/documents",
+        headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b0undary"},
+        content=body,
+    )
+    assert named.status_code == 201 and named.json()["filename"] == "notes.txt", named.text
+
+
+def test_text_with_a_nul_byte_is_indexed_not_stuck(client: TestClient) -> None:
+    client.post("/api/v1/collections", headers=AUTH, json={"name": "kb"})
+    resp = _upload(client, "kb", "nul.txt", b"The axolotl\x00regrows its limbs after an injury.")
+    assert resp.status_code == 201, resp.text
+    doc = _wait_status(client, "kb", resp.json()["id"], {"ready", "failed"})
+    assert doc["status"] == "ready", doc
+    hits = client.post(
+        "/api/v1/collections/kb/search", headers=AUTH, json={"query": "axolotl regrows", "mode": "fulltext"}
+    ).json()["results"]
+    assert hits and "\x00" not in hits[0]["text"] and "axolotl regrows" in hits[0]["text"]
+    binary = _upload(client, "kb", "utf16.txt", "no byte order mark".encode("utf-16-le"))
+    assert binary.status_code == 422 and "binary" in binary.json()["detail"]
+
+
+@pytest.mark.parametrize("query", ["   ", "\t\n", " \u3000 ", "?!", "..."])
+def test_blank_query_is_rejected(client: TestClient, query: str) -> None:
+    client.post("/api/v1/collections", headers=AUTH, json={"name": "kb"})
+    resp = client.post("/api/v1/collections/kb/search", headers=AUTH, json={"query": query})
+    assert resp.status_code == 422, resp.text
+    assert "letter or digit" in resp.text or "pattern" in resp.text
+
+
+@pytest.fixture
+def roomy_client(app_env_factory: Callable[..., dict[str, str]], embedder_warm: None) -> Iterator[TestClient]:
+    """Uploads up to the default MAX_UPLOAD_BYTES (an empty DOCX alone is ~36 kB)."""
+    ctx = AppContext(settings=settings_from(app_env_factory(APERAG_API_KEYS=KEY)))
+    dispatcher = InProcessDispatcher(ctx, max_retries=1)
+    ctx.dispatcher = dispatcher
+    with TestClient(create_app(ctx)) as c:
+        yield c
+    dispatcher.shutdown()
+
+
+def test_office_uploads_are_indexed_and_found(roomy_client: TestClient) -> None:
+    from tests.app.office_fixtures import make_docx, make_epub, make_pptx, make_xlsx
+
+    client = roomy_client
+    client.post("/api/v1/collections", headers=AUTH, json={"name": "office"})
+    uploads = {
+        "report.docx": make_docx("Pangolin survey", ["Pangolins curl into a ball of keratin scales."]),
+        "deck.pptx": make_pptx([("Narwhal tusks", "A narwhal tusk is an elongated canine tooth.")]),
+        "prices.xlsx": make_xlsx({"Durian": [["fruit", "price"], ["durian", 12]]}),
+        "guide.epub": make_epub("Tardigrades", [("Cryptobiosis", "Tardigrades survive dehydration.")]),
+    }
+    ids = {}
+    for name, data in uploads.items():
+        resp = _upload(client, "office", name, data)
+        assert resp.status_code == 201, (name, resp.text)
+        ids[name] = resp.json()["id"]
+    for name, doc_id in ids.items():
+        assert _wait_status(client, "office", doc_id, {"ready", "failed"})["status"] == "ready", name
+    for query, expected in [
+        ("pangolin keratin scales", "report.docx"),
+        ("narwhal tusk tooth", "deck.pptx"),
+        ("tardigrade dehydration", "guide.epub"),
+    ]:
+        top = client.post(
+            "/api/v1/collections/office/search", headers=AUTH, json={"query": query, "mode": "hybrid"}
+        ).json()["results"][0]
+        assert top["filename"] == expected, (query, top)
+    damaged = _upload(client, "office", "broken.docx", b"PK\x03\x04 not a zip")
+    assert damaged.status_code == 422 and "DOCX" in damaged.json()["detail"]
