@@ -139,7 +139,7 @@ def load(ctx: AppContext, collection_id: str, synth: Synth, start: int, stop: in
     with ctx.sessions.begin() as session:
         session.execute(text("ANALYZE chunks"))
         session.execute(text("ANALYZE vector_chunks"))
-        session.execute(text("ANALYZE fulltext_chunks"))
+        session.execute(text("ANALYZE fts_postings"))
         session.execute(text("ANALYZE documents"))
     return time.perf_counter() - started
 

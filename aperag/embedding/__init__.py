@@ -17,7 +17,12 @@ class Embedder(Protocol):
     dimension: int
 
     def embed(self, texts: list[str]) -> Vectors:
-        """Unit-normalised embeddings, one row per text."""
+        """Unit-normalised embeddings of documents (chunks), one row per text."""
+        ...
+
+    def embed_query(self, query: str) -> npt.NDArray[np.float32]:
+        """The unit-normalised embedding of a search query (models such as E5 embed queries and
+        documents differently)."""
         ...
 
 
@@ -27,7 +32,7 @@ _cache_lock = threading.Lock()
 
 def get_embedder(settings: Settings) -> Embedder:
     """One embedder per process and configuration: loading the model is the expensive part."""
-    key = (settings.embedding_backend, settings.embedding_model, settings.embedding_api_base)
+    key = _key(settings)
     with _cache_lock:
         if key not in _cache:
             if settings.embedding_backend == "openai":
@@ -45,3 +50,18 @@ def get_embedder(settings: Settings) -> Embedder:
 
                 _cache[key] = MiniLMEmbedder.from_bundled_package(batch_size=settings.embedding_batch_size)
         return _cache[key]
+
+
+def _key(settings: Settings) -> tuple[str, str, str]:
+    return (settings.embedding_backend, settings.embedding_model, settings.embedding_api_base)
+
+
+def replace_embedder(settings: Settings, embedder: Embedder | None) -> Embedder | None:
+    """Make `embedder` the one every context with these settings uses (None: back to loading the
+    configured model); returns the previous one. For the benchmarks' and tests' embedding cache."""
+    key = _key(settings)
+    with _cache_lock:
+        previous = _cache.pop(key, None)
+        if embedder is not None:
+            _cache[key] = embedder
+    return previous

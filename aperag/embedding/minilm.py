@@ -164,6 +164,10 @@ class MiniLMEmbedder:
         if batch:
             yield batch
 
+    def embed_query(self, query: str) -> Array:
+        vector: Array = self.embed([query])[0]
+        return vector
+
     def embed(self, texts: list[str]) -> Array:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
