@@ -24,6 +24,7 @@ from sqlalchemy import select
 from aperag import metrics
 from aperag.context import AppContext
 from aperag.db.models import Chunk, Document, DocumentStatus
+from aperag.embedding import embed_query
 from aperag.stores import FulltextHits, Hit
 
 Mode = Literal["vector", "fulltext", "hybrid"]
@@ -120,7 +121,7 @@ def search(
     if mode in ("vector", "hybrid"):
         if query_vector is None:
             t0 = time.perf_counter()
-            query_vector = ctx.embedder.embed_query(query)
+            query_vector = embed_query(ctx.embedder, query, ctx.settings.query_embedding_batch)
             timings["embed_query"] = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
         vector_hits = ctx.vector_store.search(collection_id, query_vector, depth)

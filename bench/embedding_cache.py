@@ -65,8 +65,8 @@ class CachingEmbedder:
             out[i] = found[k]
         return out
 
-    def embed_query(self, query: str) -> npt.NDArray[np.float32]:
-        return self.inner.embed_query(query)
+    def embed_queries(self, queries: list[str]) -> npt.NDArray[np.float32]:
+        return self.inner.embed_queries(queries)
 
 
 @contextmanager

@@ -145,7 +145,7 @@ def raw_lists(
     text: dict[str, FulltextHits] = {}
     for q in queries:
         if vector:
-            vectors[q.id] = ctx.vector_store.search(collection_id, ctx.embedder.embed_query(q.text), depth)
+            vectors[q.id] = ctx.vector_store.search(collection_id, ctx.embedder.embed_queries([q.text])[0], depth)
         text[q.id] = ctx.fulltext_store.search(collection_id, q.text, depth)
     with ctx.sessions() as session:
         rows = session.execute(select(Chunk.id, Chunk.document_id).where(Chunk.collection_id == collection_id)).all()

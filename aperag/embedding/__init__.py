@@ -9,8 +9,14 @@ import numpy as np
 import numpy.typing as npt
 
 from aperag.config import Settings
+from aperag.embedding.batching import QueryBatcher
 
 Vectors = npt.NDArray[np.float32]
+
+# EMBEDDING_MODEL values for EMBEDDING_BACKEND=local (aperag.config validates against these).
+MINILM = "all-MiniLM-L6-v2"
+MULTILINGUAL_E5 = "multilingual-e5-small"
+LOCAL_MODELS = (MINILM, MULTILINGUAL_E5)
 
 
 class Embedder(Protocol):
@@ -20,14 +26,15 @@ class Embedder(Protocol):
         """Unit-normalised embeddings of documents (chunks), one row per text."""
         ...
 
-    def embed_query(self, query: str) -> npt.NDArray[np.float32]:
-        """The unit-normalised embedding of a search query (models such as E5 embed queries and
-        documents differently)."""
+    def embed_queries(self, queries: list[str]) -> Vectors:
+        """Unit-normalised embeddings of search queries (models such as E5 embed queries and documents
+        differently)."""
         ...
 
 
 _cache: dict[tuple[str, str, str], Embedder] = {}
 _cache_lock = threading.Lock()
+_batchers: dict[int, QueryBatcher] = {}
 
 
 def get_embedder(settings: Settings) -> Embedder:
@@ -45,6 +52,10 @@ def get_embedder(settings: Settings) -> Embedder:
                     dimension=settings.embedding_dimension,
                     batch_size=settings.embedding_batch_size,
                 )
+            elif settings.embedding_model == MULTILINGUAL_E5:
+                from aperag.embedding.e5 import MultilingualE5Embedder
+
+                _cache[key] = MultilingualE5Embedder()
             else:
                 from aperag.embedding.minilm import MiniLMEmbedder
 
@@ -65,3 +76,17 @@ def replace_embedder(settings: Settings, embedder: Embedder | None) -> Embedder 
         if embedder is not None:
             _cache[key] = embedder
     return previous
+
+
+def embed_query(embedder: Embedder, query: str, max_batch: int = 64) -> npt.NDArray[np.float32]:
+    """A search query's embedding, batched with the queries other threads are embedding at the same
+    moment (aperag.embedding.batching; one batcher thread per embedder, for the process's life).
+    `max_batch` 0: embedded on the calling thread instead (QUERY_EMBEDDING_BATCH=0)."""
+    if max_batch <= 0:
+        vector: npt.NDArray[np.float32] = embedder.embed_queries([query])[0]
+        return vector
+    with _cache_lock:
+        batcher = _batchers.get(id(embedder))
+        if batcher is None or batcher.embedder is not embedder:
+            batcher = _batchers[id(embedder)] = QueryBatcher(embedder, max_batch)
+    return batcher.embed_query(query)

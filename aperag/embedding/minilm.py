@@ -164,9 +164,8 @@ class MiniLMEmbedder:
         if batch:
             yield batch
 
-    def embed_query(self, query: str) -> Array:
-        vector: Array = self.embed([query])[0]
-        return vector
+    def embed_queries(self, queries: list[str]) -> Array:
+        return self.embed(queries)
 
     def embed(self, texts: list[str]) -> Array:
         if not texts:

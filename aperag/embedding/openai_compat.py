@@ -25,9 +25,8 @@ class OpenAICompatibleEmbedder:
         self.batch_size = max(1, batch_size)
         self.client = httpx.Client(timeout=60.0)
 
-    def embed_query(self, query: str) -> Vectors:
-        vector: Vectors = self.embed([query])[0]
-        return vector
+    def embed_queries(self, queries: list[str]) -> Vectors:
+        return self.embed(queries)
 
     def embed(self, texts: list[str]) -> Vectors:
         rows: list[list[float]] = []

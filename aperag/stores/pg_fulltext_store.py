@@ -108,8 +108,11 @@ class PgFulltextStore:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             if not conn.execute(text("SELECT to_regclass(:t)"), {"t": LEGACY_TABLE}).scalar():
                 return  # another process moved it while we waited
-            result = conn.execution_options(stream_results=True, max_row_buffer=1000).execute(
-                text(f"SELECT chunk_id, document_id, collection_id, text FROM {LEGACY_TABLE} ORDER BY chunk_id")
+            # A server-side cursor: the old table may not fit in memory.
+            result = conn.execute(
+                text(
+                    f"SELECT chunk_id, document_id, collection_id, text FROM {LEGACY_TABLE} ORDER BY chunk_id"
+                ).execution_options(stream_results=True, max_row_buffer=1000)
             )
             batch: list[IndexedChunk] = []
             for row in result:
