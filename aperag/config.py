@@ -112,6 +112,9 @@ class Settings:
     # Concurrent search queries embedded in one forward pass, by one thread (0: each request embeds
     # its own query on its own thread). See aperag.embedding.batching.
     query_embedding_batch: int = 64
+    # BLAS/OpenMP threads of the local model (0: the libraries' default, one per core). See
+    # aperag.embedding._limit_threads.
+    embedding_threads: int = 1
 
     chunk_size: int = 200
     chunk_overlap_size: int = 20
@@ -244,6 +247,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedding_dimension=_get_int(e, "EMBEDDING_DIMENSION", 384),
         embedding_batch_size=_get_int(e, "EMBEDDING_BATCH_SIZE", 32),
         query_embedding_batch=query_batch,
+        embedding_threads=_get_int(e, "EMBEDDING_THREADS", 1),
         chunk_size=chunk_size,
         chunk_overlap_size=overlap,
         index_batch_size=_get_int(e, "INDEX_BATCH_SIZE", 256),

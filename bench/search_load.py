@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,10 +30,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from aperag.db.models import Document, DocumentStatus
 from bench.common import (
@@ -115,6 +118,23 @@ async def run_load(
     return samples
 
 
+# The API processes compared side by side. "before": what the API did until now (each request embeds
+# its query on its own thread, OpenBLAS with one thread per core); "1 BLAS thread": only the thread
+# cap; "batched": the default now (queries embedded together by one thread, one BLAS thread).
+CONFIGURATIONS: dict[str, dict[str, str]] = {
+    "before": {"QUERY_EMBEDDING_BATCH": "0", "EMBEDDING_THREADS": "0"},
+    "1 BLAS thread": {"QUERY_EMBEDDING_BATCH": "0", "EMBEDDING_THREADS": "1"},
+    "batched (default)": {"QUERY_EMBEDDING_BATCH": "64", "EMBEDDING_THREADS": "1"},
+}
+
+
+def api_ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def summarise(samples: dict[str, list[float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, values in samples.items():
@@ -146,29 +166,37 @@ def main() -> None:
         db = new_database(server, Path(objects), **REAL_TEXT_CHUNK_ENV)
         with cached_embeddings(db.ctx.settings):
             ingest_corpus(db.ctx, "load", tuning.docs, ".txt")
-        port = free_port()
-        env = {**db.env, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port), "APERAG_PORT": str(port)}
-        base = f"http://127.0.0.1:{port}"
-        with process(["serve", "--host", "127.0.0.1", "--port", str(port)], env, "api"):
+        common = {**db.env, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port)}
+        with contextlib.ExitStack() as stack:
+            bases: dict[str, str] = {}
+            for name, extra in CONFIGURATIONS.items():
+                port = free_port()
+                stack.enter_context(
+                    process(["serve", "--host", "127.0.0.1", "--port", str(port)], {**common, **extra}, "api")
+                )
+                bases[name] = f"http://127.0.0.1:{port}"
+            for base in bases.values():
+                wait_until(partial(api_ready, base), 120, "the API")
+                # Warm up: model loaded, connections opened (not recorded).
+                asyncio.run(run_load(base, "load", queries, "hybrid", 4, 20))
 
-            def api_ready() -> bool:
-                try:
-                    return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
+            def cell(clients: int, mode: str, indexing: bool) -> None:
+                # The configurations run back to back for each cell, so they see the same machine.
+                for name, base in bases.items():
+                    s = asyncio.run(run_load(base, "load", queries, mode, clients, args.requests))
+                    results.append(
+                        {"config": name, "clients": clients, "mode": mode, "indexing": indexing, **summarise(s)}
+                    )
+                    print(f"{results[-1]}", flush=True)
 
-            wait_until(api_ready, 120, "the API")
-            # Warm up: model loaded, connections opened (not recorded).
-            asyncio.run(run_load(base, "load", queries, "hybrid", 4, 20))
             for clients in client_counts:
                 for mode in modes:
-                    s = asyncio.run(run_load(base, "load", queries, mode, clients, args.requests))
-                    results.append({"clients": clients, "mode": mode, "indexing": False, **summarise(s)})
-                    print(f"{clients} clients {mode}: {results[-1]}", flush=True)
+                    cell(clients, mode, False)
             # Searching while indexing: a real worker indexes documents uploaded through the API.
             heldout = load_heldout()
             names = list(heldout.docs)[: args.indexing_docs]
-            with process(["worker", "--concurrency", "1", "--loglevel", "WARNING"], env, "worker"):
+            with process(["worker", "--concurrency", "1", "--loglevel", "WARNING"], common, "worker"):
+                base = next(iter(bases.values()))
                 with httpx.Client(timeout=60) as http:
                     for name in names:
                         resp = http.post(
@@ -176,19 +204,29 @@ def main() -> None:
                             files={"file": (f"{name}.txt", heldout.docs[name].encode(), "text/plain")},
                         )
                         resp.raise_for_status()
-                clients = max(client_counts)
                 for mode in modes:
-                    s = asyncio.run(run_load(base, "load", queries, mode, clients, args.requests))
-                    results.append({"clients": clients, "mode": mode, "indexing": True, **summarise(s)})
-                    print(f"{clients} clients {mode} while indexing: {results[-1]}", flush=True)
+                    cell(max(client_counts), mode, True)
                 with db.ctx.sessions() as session:
-                    pending = session.query(Document).filter(Document.status != DocumentStatus.READY.value).count()
+                    pending = session.scalar(
+                        select(func.count()).select_from(Document).where(Document.status != DocumentStatus.READY.value)
+                    )
                 print(f"documents still being indexed when the indexing rows ended: {pending} of {len(names)}")
         versions = server_version(db.ctx)
     print(f"# search under load {args.label} — {machine_facts()}, {versions}")
-    header = ["clients", "mode", "indexing", "p50 ms", "p95 ms", "server total p50 / p95", "embed p50 / p95", "n"]
+    header = [
+        "API",
+        "clients",
+        "mode",
+        "indexing",
+        "p50 ms",
+        "p95 ms",
+        "server total p50 / p95",
+        "embed p50 / p95",
+        "n",
+    ]
     rows = [
         [
+            r["config"],
             str(r["clients"]),
             r["mode"],
             "yes" if r["indexing"] else "no",

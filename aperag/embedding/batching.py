@@ -31,10 +31,14 @@ class QueryBatcher:
         self._thread = threading.Thread(target=self._run, name="query-embedder", daemon=True)
         self._thread.start()
 
-    def embed_query(self, query: str, timeout: float = 60.0) -> Vector:
+    def submit(self, query: str) -> Future[Vector]:
+        """The query's vector, later: the async API awaits it without holding a thread."""
         future: Future[Vector] = Future()
         self._queue.put((query, future))
-        return future.result(timeout=timeout)
+        return future
+
+    def embed_query(self, query: str, timeout: float = 60.0) -> Vector:
+        return self.submit(query).result(timeout=timeout)
 
     def _take_batch(self) -> list[tuple[str, Future[Vector]]]:
         batch = [self._queue.get()]
