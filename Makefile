@@ -7,7 +7,7 @@ PY          := $(VENV)/bin/python
 STATE_DIR   := .cluster
 KUBECONFIG_LOCAL := $(CURDIR)/$(STATE_DIR)/admin.kubeconfig
 KUBECTL     := $(VENV)/bin/kubectl --kubeconfig=$(KUBECONFIG_LOCAL)
-APT_PACKAGES := openssl redis-server
+APT_PACKAGES := openssl redis-server manpages manpages-dev groff-base
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-packages venv controlplane test test-unit test-e2e test-app lint \

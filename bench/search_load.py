@@ -82,8 +82,14 @@ def process(args: list[str], env: dict[str, str], name: str) -> Iterator[subproc
             log.unlink(missing_ok=True)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_load(
-    base: str, collection: str, queries: list[str], mode: str, clients: int, requests: int
+    base: str, collection: str, queries: list[str], mode: str, clients: int, requests: int, api_pid: int
 ) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {"client": [], "server_total": [], "embed_query": [], "stores": []}
     remaining = requests
@@ -111,8 +117,13 @@ async def run_load(
             samples["stores"].append(timings.get("vector_store", 0.0) + timings.get("fulltext_store", 0.0))
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    cpu_before = process_cpu_seconds(api_pid)
+    wall = time.perf_counter()
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         await asyncio.gather(*(client(n * 7, http) for n in range(clients)))
+    wall = time.perf_counter() - wall
+    samples["throughput"] = [len(samples["client"]) / wall]
+    samples["api_cpu_ms_per_request"] = [(process_cpu_seconds(api_pid) - cpu_before) * 1000 / max(1, requests)]
     if errors:
         raise RuntimeError(f"{len(errors)} failed requests, first: {errors[0]}")
     return samples
@@ -168,22 +179,22 @@ def main() -> None:
             ingest_corpus(db.ctx, "load", tuning.docs, ".txt")
         common = {**db.env, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port)}
         with contextlib.ExitStack() as stack:
-            bases: dict[str, str] = {}
+            bases: dict[str, tuple[str, int]] = {}
             for name, extra in CONFIGURATIONS.items():
                 port = free_port()
-                stack.enter_context(
+                api = stack.enter_context(
                     process(["serve", "--host", "127.0.0.1", "--port", str(port)], {**common, **extra}, "api")
                 )
-                bases[name] = f"http://127.0.0.1:{port}"
-            for base in bases.values():
+                bases[name] = (f"http://127.0.0.1:{port}", api.pid)
+            for base, pid in bases.values():
                 wait_until(partial(api_ready, base), 120, "the API")
                 # Warm up: model loaded, connections opened (not recorded).
-                asyncio.run(run_load(base, "load", queries, "hybrid", 4, 20))
+                asyncio.run(run_load(base, "load", queries, "hybrid", 4, 20, pid))
 
             def cell(clients: int, mode: str, indexing: bool) -> None:
                 # The configurations run back to back for each cell, so they see the same machine.
-                for name, base in bases.items():
-                    s = asyncio.run(run_load(base, "load", queries, mode, clients, args.requests))
+                for name, (base, pid) in bases.items():
+                    s = asyncio.run(run_load(base, "load", queries, mode, clients, args.requests, pid))
                     results.append(
                         {"config": name, "clients": clients, "mode": mode, "indexing": indexing, **summarise(s)}
                     )
@@ -196,7 +207,7 @@ def main() -> None:
             heldout = load_heldout()
             names = list(heldout.docs)[: args.indexing_docs]
             with process(["worker", "--concurrency", "1", "--loglevel", "WARNING"], common, "worker"):
-                base = next(iter(bases.values()))
+                base = next(iter(bases.values()))[0]
                 with httpx.Client(timeout=60) as http:
                     for name in names:
                         resp = http.post(
@@ -232,6 +243,8 @@ def main() -> None:
             "yes" if r["indexing"] else "no",
             f"{r['client_p50']:.0f}",
             f"{r['client_p95']:.0f}",
+            f"{r['throughput_p50']:.0f}",
+            f"{r['api_cpu_ms_per_request_p50']:.1f}",
             f"{r['server_total_p50']:.0f} / {r['server_total_p95']:.0f}",
             f"{r['embed_query_p50']:.0f} / {r['embed_query_p95']:.0f}",
             str(int(r["n"])),

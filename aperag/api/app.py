@@ -38,7 +38,7 @@ from aperag.context import AppContext
 from aperag.db.models import Collection, Document
 from aperag.embedding import get_embedder, loaded_embedder, query_batcher
 from aperag.parsing import UnparsableDocument, UnsupportedDocument
-from aperag.search import search
+from aperag.search import SearchResponse, search
 from aperag.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
     )
     app.state.ctx = ctx
 
-    def require_key(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    # async: a plain def dependency would cost every request a hop to the thread pool.
+    async def require_key(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         if not ctx.settings.auth_enabled:
             return
         token = creds.credentials if creds is not None else ""
@@ -241,12 +242,17 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         # concurrent queries reach the batcher at once (docs/benchmarks.md, "Search under load").
         started = time.perf_counter()
         pending = await _submit_query(body.query) if body.mode in ("vector", "hybrid") else None
-        c = await run_in_threadpool(services.get_collection, ctx, collection)
         vector = None
         if pending is not None:
             vector = await asyncio.wrap_future(pending)
             embedded_ms = (time.perf_counter() - started) * 1000
-        found = await run_in_threadpool(search, ctx, c.id, body.query, body.mode, body.top_k, vector)
+
+        def lookup_and_search() -> SearchResponse:
+            # One hop to the thread pool for all the database work of the request.
+            c = services.get_collection(ctx, collection)
+            return search(ctx, c.id, body.query, body.mode, body.top_k, vector)
+
+        found = await run_in_threadpool(lookup_and_search)
         if pending is not None:
             found.timings_ms["embed_query"] = embedded_ms
             found.timings_ms["total"] = (time.perf_counter() - started) * 1000

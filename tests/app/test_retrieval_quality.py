@@ -56,9 +56,10 @@ def test_hybrid_at_least_as_good_as_either_mode(
 ) -> None:
     ctx = AppContext(settings=settings_from(app_env_factory(**CHUNK_ENV)))
     docs, queries, qrels = load_corpus()
-    by_app_id = ingest_corpus(ctx, "quality", docs)
-    collection = services.get_collection(ctx, "quality")
-    scores = evaluate(ctx, collection.id, by_app_id, queries, qrels)
+    with cached_embeddings(ctx.settings):
+        by_app_id = ingest_corpus(ctx, "quality", docs)
+        collection = services.get_collection(ctx, "quality")
+        scores = evaluate(ctx, collection.id, by_app_id, queries, qrels)
     summary = _summary(scores)
     # Both single modes must be doing their job, or the comparison below means nothing.
     assert scores["vector"].ndcg > 0.8 and scores["fulltext"].ndcg > 0.8, summary
