@@ -14,14 +14,18 @@ transaction as the chunk:
 Scoring is Okapi BM25 (k1 = 1.2, b = 0.75, Lucene's IDF `ln(1 + (N - df + 0.5) / (df + 0.5))`).
 Terms come from `aperag.stores.lexical` (stemming, identifiers, CJK bigrams).
 
-Query cost is bounded by MaxScore pruning (Turtle & Flood 1995): a chunk's BM25 contribution from one
-term is at most `idf * (k1 + 1)`. Terms are taken rarest first; the chunks containing the rarest terms
-(up to POSTINGS_BUDGET postings) are scored with *all* query terms; if the k-th best score is already
-above the most the remaining (common) terms could add together, no other chunk can enter the top k
-and the common terms' long posting lists are never scanned. Otherwise the next term joins and the
-step repeats. Only when even that exceeds MAX_POSTINGS (a query of nothing but very common words in a
-huge collection) is the ranking cut short: the result is then the exact BM25 ranking of the chunks
-that contain at least one of the terms scanned so far.
+Query cost is bounded, and the ranking exact whenever that is cheap to guarantee:
+
+1. up to EXHAUSTIVE_POSTINGS postings for all query terms together: one aggregate over all of them;
+2. otherwise MaxScore (Turtle & Flood 1995): a term adds at most `idf * (k1 + 1)` to a chunk. The
+   chunks containing the rarest terms (up to POSTINGS_BUDGET postings) are scored with *all* query
+   terms; if the k-th best score is above the most the remaining common terms could add together,
+   no other chunk can enter the top k: exact, and the long posting lists were never scanned;
+3. otherwise (every term is common, e.g. a question of everyday words in a large collection) each
+   term contributes only its POSTINGS_PER_TERM highest-impact postings (highest term frequency,
+   shortest chunk first), read in that order from an index; the best RESCORE_POOL chunks of that
+   partial sum are then scored with every term. The order among candidates is exact BM25; which
+   chunks become candidates is the (bounded) approximation.
 """
 
 from __future__ import annotations
@@ -40,9 +44,14 @@ from aperag.stores.pg_connection import store_transaction
 
 K1 = 1.2
 B = 0.75
-# Postings scanned in the first scoring pass (the rarest terms' lists) and at most in all.
+# Up to this many postings in all, a query is scored exhaustively (one aggregate, exact).
+EXHAUSTIVE_POSTINGS = 20_000
+# Postings of the rarest terms whose chunks MaxScore scores with all terms.
 POSTINGS_BUDGET = 5_000
-MAX_POSTINGS = 60_000
+# Otherwise each term contributes its this-many highest-impact postings (bounded cost).
+POSTINGS_PER_TERM = 4_000
+# ... and the best this-many chunks of that partial sum are scored again with all terms.
+RESCORE_POOL = 200
 # The table of the tsvector store this one replaced; ensure_schema moves its rows over, then drops it.
 LEGACY_TABLE = "fulltext_chunks"
 # Transaction-level advisory lock key for the one-time move ("ftsmig" in ASCII).
@@ -59,12 +68,12 @@ _SCHEMA = [
     " collection_id varchar(32) NOT NULL, length integer NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ix_fts_chunks_document ON fts_chunks (document_id)",
     "CREATE INDEX IF NOT EXISTS ix_fts_chunks_collection ON fts_chunks (collection_id)",
-    # Scanning a term's postings reads only this index (covering); probing a chunk's terms and deleting
-    # a chunk use the second one.
+    # Probing a chunk's terms and deleting a chunk use the primary key; a term's postings are read
+    # from the second index, highest term frequency first (covering: index-only scans).
     "CREATE TABLE IF NOT EXISTS fts_postings ("
     " term_id bigint NOT NULL, chunk_no bigint NOT NULL, tf integer NOT NULL, length integer NOT NULL,"
-    " PRIMARY KEY (term_id, chunk_no) INCLUDE (tf, length))",
-    "CREATE INDEX IF NOT EXISTS ix_fts_postings_chunk ON fts_postings (chunk_no, term_id)",
+    " PRIMARY KEY (chunk_no, term_id) INCLUDE (tf, length))",
+    "CREATE INDEX IF NOT EXISTS ix_fts_postings_impact ON fts_postings (term_id, tf DESC, length) INCLUDE (chunk_no)",
 ]
 
 
@@ -279,24 +288,64 @@ class PgFulltextStore:
             if not terms:
                 return FulltextHits([], 0.0)
             avg_length = max(total_length / chunks, 1.0)
-            hits = self._max_score(conn, terms, avg_length, top_k)
+            hits = self._rank(conn, terms, avg_length, top_k)
         return FulltextHits(hits, sum(t.max_score for t in terms))
 
-    def _max_score(self, conn: Connection, terms: list[_Term], avg_length: float, top_k: int) -> list[Hit]:
-        scanned = 1
+    def _rank(self, conn: Connection, terms: list[_Term], avg_length: float, top_k: int) -> list[Hit]:
+        """Exact BM25 top k when that is cheap to prove; otherwise bounded cost (module docstring)."""
+        if sum(t.df for t in terms) <= EXHAUSTIVE_POSTINGS:
+            return self._aggregate(conn, terms, {t.id: t.df for t in terms}, avg_length, top_k)
+        scanned = 0
         while scanned < len(terms) and sum(t.df for t in terms[: scanned + 1]) <= POSTINGS_BUDGET:
             scanned += 1
-        while True:
+        if scanned:
             hits = self._score(conn, terms, terms[:scanned], avg_length, top_k)
-            rest = terms[scanned:]
-            if not rest:
-                return hits
             threshold = hits[-1].score if len(hits) >= top_k else 0.0
-            if sum(t.max_score for t in rest) <= threshold:
-                return hits  # no chunk without a scanned term can reach the top k
-            if sum(t.df for t in terms[: scanned + 1]) > MAX_POSTINGS:
-                return hits  # bounded cost: see the module docstring
-            scanned += 1
+            if sum(t.max_score for t in terms[scanned:]) <= threshold:
+                return hits  # MaxScore: no chunk without a scanned term can reach the top k
+        limits = {t.id: min(t.df, POSTINGS_PER_TERM) for t in terms}
+        return self._aggregate(conn, terms, limits, avg_length, top_k)
+
+    def _aggregate(
+        self, conn: Connection, terms: list[_Term], limits: dict[int, int], avg_length: float, top_k: int
+    ) -> list[Hit]:
+        """BM25 summed over each term's postings - all of them, or its `limits[term]` highest term
+        frequencies (shortest chunks first among equals), read in that order from ix_fts_postings_impact.
+        With truncated lists, the best RESCORE_POOL chunks of that partial sum are scored again with
+        every term, so the final order among them is exact BM25."""
+        truncated = any(limits[t.id] < t.df for t in terms)
+        partial = (
+            "SELECT p.chunk_no, sum(w.idf * p.tf * (:k1 + 1) / (p.tf + :k1 * (1 - :b + :b * p.length / :avg)))"
+            " AS score FROM w CROSS JOIN LATERAL (SELECT chunk_no, tf, length FROM fts_postings"
+            "  WHERE term_id = w.term_id ORDER BY tf DESC, length LIMIT w.lim) p"
+            " GROUP BY p.chunk_no ORDER BY score DESC, p.chunk_no LIMIT :pool"
+        )
+        rescored = (
+            "SELECT p.chunk_no, sum(w.idf * p.tf * (:k1 + 1) / (p.tf + :k1 * (1 - :b + :b * p.length / :avg)))"
+            " AS score FROM pool JOIN fts_postings p ON p.chunk_no = pool.chunk_no AND p.term_id = ANY(:ids)"
+            " JOIN w ON w.term_id = p.term_id GROUP BY p.chunk_no ORDER BY score DESC, p.chunk_no LIMIT :k"
+        )
+        rows = conn.execute(
+            text(
+                "WITH w AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:idf AS float8[]),"
+                "  CAST(:lim AS integer[])) AS w(term_id, idf, lim)),"
+                f" pool AS ({partial}),"
+                f" top AS ({rescored if truncated else 'SELECT * FROM pool'})"
+                " SELECT c.chunk_id, top.score FROM top JOIN fts_chunks c ON c.id = top.chunk_no"
+                " ORDER BY top.score DESC, top.chunk_no"
+            ),
+            {
+                "ids": [t.id for t in terms],
+                "idf": [t.idf for t in terms],
+                "lim": [limits[t.id] for t in terms],
+                "k1": K1,
+                "b": B,
+                "avg": avg_length,
+                "k": top_k,
+                "pool": max(RESCORE_POOL, top_k) if truncated else top_k,
+            },
+        ).all()
+        return [Hit(chunk_id=r[0], score=float(r[1])) for r in rows]
 
     def _score(
         self, conn: Connection, terms: list[_Term], scanned: Iterable[_Term], avg_length: float, top_k: int
