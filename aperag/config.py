@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+# EMBEDDING_MODEL values of EMBEDDING_BACKEND=local (aperag.embedding loads them).
+LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
+
 
 class ConfigError(ValueError):
     """A setting has a value the app cannot use."""
@@ -193,11 +196,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     keys = tuple(k.strip() for k in _get(e, "APERAG_API_KEYS").split(",") if k.strip())
     backend = _get_choice(e, "EMBEDDING_BACKEND", "local", ("local", "openai"))
     model = _get(e, "EMBEDDING_MODEL", "all-MiniLM-L6-v2") or "all-MiniLM-L6-v2"
-    # The local models (aperag.embedding.LOCAL_MODELS); any name goes to an OpenAI-compatible endpoint.
-    local_models = ("all-MiniLM-L6-v2", "multilingual-e5-small")
-    if backend == "local" and model not in local_models:
+    # Any model name goes to an OpenAI-compatible endpoint; the local backend has these.
+    if backend == "local" and model not in LOCAL_EMBEDDING_MODELS:
         raise ConfigError(
-            f"EMBEDDING_MODEL must be one of {', '.join(local_models)} with EMBEDDING_BACKEND=local, got {model!r}"
+            f"EMBEDDING_MODEL must be one of {', '.join(LOCAL_EMBEDDING_MODELS)} with EMBEDDING_BACKEND=local,"
+            f" got {model!r}"
         )
     query_batch = _get_int(e, "QUERY_EMBEDDING_BATCH", 64)
     if query_batch < 0:

@@ -8,15 +8,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from aperag.config import Settings
+from aperag.config import LOCAL_EMBEDDING_MODELS, Settings
 from aperag.embedding.batching import QueryBatcher
 
 Vectors = npt.NDArray[np.float32]
 
-# EMBEDDING_MODEL values for EMBEDDING_BACKEND=local (aperag.config validates against these).
-MINILM = "all-MiniLM-L6-v2"
-MULTILINGUAL_E5 = "multilingual-e5-small"
-LOCAL_MODELS = (MINILM, MULTILINGUAL_E5)
+# The EMBEDDING_MODEL values of EMBEDDING_BACKEND=local.
+MINILM, MULTILINGUAL_E5 = LOCAL_EMBEDDING_MODELS
 
 
 class Embedder(Protocol):
