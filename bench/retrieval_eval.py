@@ -35,7 +35,6 @@ CHUNK_ENV = {"CHUNK_SIZE": "96", "CHUNK_OVERLAP_SIZE": "16"}
 # The real-text sets use the app's default chunking.
 REAL_TEXT_CHUNK_ENV = {"CHUNK_SIZE": "200", "CHUNK_OVERLAP_SIZE": "20"}
 
-__all__ = ["CHUNK_DEPTH", "CHUNK_ENV", "CUTOFF", "EvalSet", "Query"]
 
 
 def load_corpus(root: Path = CORPUS) -> tuple[dict[str, str], list[Query], dict[str, dict[str, int]]]:
