@@ -7,7 +7,7 @@ PY          := $(VENV)/bin/python
 STATE_DIR   := .cluster
 KUBECONFIG_LOCAL := $(CURDIR)/$(STATE_DIR)/admin.kubeconfig
 KUBECTL     := $(VENV)/bin/kubectl --kubeconfig=$(KUBECONFIG_LOCAL)
-APT_PACKAGES := openssl redis-server
+APT_PACKAGES := openssl redis-server manpages manpages-dev groff-base
 # Building and running the images without Docker (docs/images.md). Without recommends: crun (which
 # fails on this machine's hybrid cgroups), CNI plugins and the rest are not needed.
 IMAGE_APT_PACKAGES := buildah podman runc mmdebstrap

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+# EMBEDDING_MODEL values of EMBEDDING_BACKEND=local (aperag.embedding loads them).
+LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
+
 
 class ConfigError(ValueError):
     """A setting has a value the app cannot use."""
@@ -116,6 +119,12 @@ class Settings:
     embedding_api_key: str = ""
     embedding_dimension: int = 384
     embedding_batch_size: int = 32
+    # Concurrent search queries embedded in one forward pass, by one thread (0: each request embeds
+    # its own query on its own thread). See aperag.embedding.batching.
+    query_embedding_batch: int = 64
+    # BLAS/OpenMP threads of the local model (0: the libraries' default, one per core). See
+    # aperag.embedding._limit_threads.
+    embedding_threads: int = 1
 
     chunk_size: int = 200
     chunk_overlap_size: int = 20
@@ -200,6 +209,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not 0 <= overlap < chunk_size:
         raise ConfigError("CHUNK_OVERLAP_SIZE must be >= 0 and smaller than CHUNK_SIZE")
     keys = tuple(k.strip() for k in _get(e, "APERAG_API_KEYS").split(",") if k.strip())
+    backend = _get_choice(e, "EMBEDDING_BACKEND", "local", ("local", "openai"))
+    model = _get(e, "EMBEDDING_MODEL", "all-MiniLM-L6-v2") or "all-MiniLM-L6-v2"
+    # Any model name goes to an OpenAI-compatible endpoint; the local backend has these.
+    if backend == "local" and model not in LOCAL_EMBEDDING_MODELS:
+        raise ConfigError(
+            f"EMBEDDING_MODEL must be one of {', '.join(LOCAL_EMBEDDING_MODELS)} with EMBEDDING_BACKEND=local,"
+            f" got {model!r}"
+        )
+    query_batch = _get_int(e, "QUERY_EMBEDDING_BATCH", 64)
+    if query_batch < 0:
+        raise ConfigError("QUERY_EMBEDDING_BATCH must be >= 0")
     return Settings(
         postgres_host=_get(e, "POSTGRES_HOST"),
         postgres_port=_get_int(e, "POSTGRES_PORT", 5432),
@@ -238,12 +258,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         object_store_s3_bucket=_get(e, "OBJECT_STORE_S3_BUCKET", "aperag") or "aperag",
         object_store_s3_prefix_path=_get(e, "OBJECT_STORE_S3_PREFIX_PATH"),
         object_store_s3_use_path_style=_get_bool(e, "OBJECT_STORE_S3_USE_PATH_STYLE", True),
-        embedding_backend=_get_choice(e, "EMBEDDING_BACKEND", "local", ("local", "openai")),
-        embedding_model=_get(e, "EMBEDDING_MODEL", "all-MiniLM-L6-v2") or "all-MiniLM-L6-v2",
+        embedding_backend=backend,
+        embedding_model=model,
         embedding_api_base=_get(e, "EMBEDDING_API_BASE"),
         embedding_api_key=_get(e, "EMBEDDING_API_KEY"),
         embedding_dimension=_get_int(e, "EMBEDDING_DIMENSION", 384),
         embedding_batch_size=_get_int(e, "EMBEDDING_BATCH_SIZE", 32),
+        query_embedding_batch=query_batch,
+        embedding_threads=_get_int(e, "EMBEDDING_THREADS", 1),
         chunk_size=chunk_size,
         chunk_overlap_size=overlap,
         index_batch_size=_get_int(e, "INDEX_BATCH_SIZE", 256),

@@ -1,8 +1,19 @@
-"""Search a collection: vector, full-text, or hybrid by reciprocal-rank fusion."""
+"""Search a collection: vector, full-text, or hybrid (both, fused).
+
+Fusion (`fuse`): a convex combination of the two scores, each on an absolute scale - the cosine
+similarity as it is, the BM25 score divided by the most that query could score (`max_score`: the sum
+of its terms' idf * (k1 + 1)). On an absolute scale a weak full-text match (only common words of
+the query found) stays weak instead of being stretched to 1 as min-max normalisation or rank fusion
+(RRF) would, so each query leans on whichever side actually matched: that is the query-dependent part.
+Chosen on the tuning set against RRF and min-max combinations, confirmed on the held-out set
+(docs/benchmarks.md, "Fusion"). When the full-text engine gives no bound (Elasticsearch), its scores
+are divided by the best score of the list instead.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,12 +24,15 @@ from sqlalchemy import select
 from aperag import metrics
 from aperag.context import AppContext
 from aperag.db.models import Chunk, Document, DocumentStatus
-from aperag.stores import Hit
+from aperag.embedding import embed_query
+from aperag.stores import FulltextHits, Hit
 
 Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "fulltext", "hybrid")
 # The usual RRF constant (Cormack et al. 2009): dampens the weight of the very top ranks.
 RRF_K = 60
+# Weight of the vector score in the convex combination (1 - this for full text); see the module doc.
+VECTOR_WEIGHT = 0.6
 
 
 @dataclass(frozen=True)
@@ -38,12 +52,54 @@ class SearchResponse:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def rrf_fuse(rankings: list[list[Hit]], k: int = RRF_K) -> list[Hit]:
+def rrf_fuse(vector_hits: list[Hit], text: FulltextHits, k: int = RRF_K) -> list[Hit]:
     scores: dict[str, float] = {}
-    for ranking in rankings:
+    for ranking in (vector_hits, text.hits):
         for rank, hit in enumerate(ranking, start=1):
             scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (k + rank)
+    return _ranked(scores)
+
+
+def _ranked(scores: dict[str, float]) -> list[Hit]:
     return [Hit(cid, s) for cid, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _combine(vector: dict[str, float], text: dict[str, float], vector_weight: float) -> list[Hit]:
+    """vector_weight * v + (1 - vector_weight) * t; a chunk missing from a list gets 0 from it."""
+    scores = {cid: vector_weight * s for cid, s in vector.items()}
+    for cid, s in text.items():
+        scores[cid] = scores.get(cid, 0.0) + (1.0 - vector_weight) * s
+    return _ranked(scores)
+
+
+def _min_max(hits: list[Hit]) -> dict[str, float]:
+    if not hits:
+        return {}
+    lo, hi = min(h.score for h in hits), max(h.score for h in hits)
+    span = hi - lo
+    return {h.chunk_id: (h.score - lo) / span if span > 0 else 1.0 for h in hits}
+
+
+def text_scale(text: FulltextHits) -> float:
+    """The divisor that puts the full-text scores on 0..1: the query's bound, else the list's best."""
+    if text.max_score:
+        return text.max_score
+    return max((h.score for h in text.hits), default=1.0) or 1.0
+
+
+def absolute_fuse(vector_hits: list[Hit], text: FulltextHits, vector_weight: float = VECTOR_WEIGHT) -> list[Hit]:
+    scale = text_scale(text)
+    return _combine(
+        {h.chunk_id: h.score for h in vector_hits}, {h.chunk_id: h.score / scale for h in text.hits}, vector_weight
+    )
+
+
+def min_max_fuse(vector_hits: list[Hit], text: FulltextHits, vector_weight: float = VECTOR_WEIGHT) -> list[Hit]:
+    return _combine(_min_max(vector_hits), _min_max(text.hits), vector_weight)
+
+
+Fusion = Callable[[list[Hit], FulltextHits], list[Hit]]
+fuse: Fusion = absolute_fuse
 
 
 def search(
@@ -61,28 +117,40 @@ def search(
     # Over-fetch: orphaned rows of failed documents are filtered below, and fusion needs depth.
     depth = max(top_k * 3, 30)
     vector_hits: list[Hit] = []
-    text_hits: list[Hit] = []
+    text = FulltextHits([], None)
     if mode in ("vector", "hybrid"):
         if query_vector is None:
             t0 = time.perf_counter()
-            query_vector = ctx.embedder.embed([query])[0]
+            query_vector = embed_query(ctx.embedder, query, ctx.settings.query_embedding_batch)
             timings["embed_query"] = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
         vector_hits = ctx.vector_store.search(collection_id, query_vector, depth)
         timings["vector_store"] = (time.perf_counter() - t1) * 1000
     if mode in ("fulltext", "hybrid"):
         t0 = time.perf_counter()
-        text_hits = ctx.fulltext_store.search(collection_id, query, depth)
+        text = ctx.fulltext_store.search(collection_id, query, depth)
         timings["fulltext_store"] = (time.perf_counter() - t0) * 1000
     if mode == "vector":
         ranked = vector_hits
     elif mode == "fulltext":
-        ranked = text_hits
+        ranked = text.hits
     else:
-        ranked = rrf_fuse([vector_hits, text_hits])
+        ranked = fuse(vector_hits, text)
+    results = _ready_results(ctx, ranked, vector_hits, text.hits, top_k)
+    timings["total"] = (time.perf_counter() - started) * 1000
+    metrics.SEARCH_SECONDS.labels(mode=mode).observe(timings["total"] / 1000)
+    return SearchResponse(results=results, timings_ms=timings)
+
+
+def _ready_results(
+    ctx: AppContext, ranked: list[Hit], vector_hits: list[Hit], text_hits: list[Hit], top_k: int
+) -> list[SearchResult]:
+    """The ranked chunks that belong to ready documents, with their text, cut at top_k."""
     vrank = {h.chunk_id: i for i, h in enumerate(vector_hits, start=1)}
     trank = {h.chunk_id: i for i, h in enumerate(text_hits, start=1)}
     ids = [h.chunk_id for h in ranked]
+    if not ids:
+        return []
     with ctx.sessions() as session:
         rows = session.execute(
             select(Chunk.id, Chunk.document_id, Chunk.text, Document.filename)
@@ -90,7 +158,7 @@ def search(
             .where(Chunk.id.in_(ids), Document.status == DocumentStatus.READY.value)
         ).all()
     found = {r[0]: r for r in rows}
-    results = [
+    return [
         SearchResult(
             chunk_id=h.chunk_id,
             document_id=found[h.chunk_id][1],
@@ -103,6 +171,3 @@ def search(
         for h in ranked
         if h.chunk_id in found
     ][:top_k]
-    timings["total"] = (time.perf_counter() - started) * 1000
-    metrics.SEARCH_SECONDS.labels(mode=mode).observe(timings["total"] / 1000)
-    return SearchResponse(results=results, timings_ms=timings)

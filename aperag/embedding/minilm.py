@@ -164,6 +164,9 @@ class MiniLMEmbedder:
         if batch:
             yield batch
 
+    def embed_queries(self, queries: list[str]) -> Array:
+        return self.embed(queries)
+
     def embed(self, texts: list[str]) -> Array:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)

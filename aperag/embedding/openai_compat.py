@@ -25,6 +25,9 @@ class OpenAICompatibleEmbedder:
         self.batch_size = max(1, batch_size)
         self.client = httpx.Client(timeout=60.0)
 
+    def embed_queries(self, queries: list[str]) -> Vectors:
+        return self.embed(queries)
+
     def embed(self, texts: list[str]) -> Vectors:
         rows: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):

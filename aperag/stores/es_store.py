@@ -1,4 +1,11 @@
-"""Full text in Elasticsearch (BM25), one index with a collection_id keyword field."""
+"""Full text in Elasticsearch, ranked by Elasticsearch's own BM25; one index with a collection_id keyword field.
+
+The text field's analyser matches what the PostgreSQL store does (aperag.stores.lexical): the
+standard tokenizer, then `cjk_bigram` so Chinese, Japanese and Korean runs (which have no spaces, and
+in Korean carry particles: `김치찌개는`) are indexed as character bigrams, then English stop words and
+stemming for the rest. An index created before this analyser existed keeps its old mapping
+(Elasticsearch cannot change a field's analyser in place): re-create it (new ES_INDEX) and re-index.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,33 @@ from typing import Any
 from elasticsearch import ApiError, Elasticsearch, TransportError, helpers
 
 from aperag.config import Settings
-from aperag.stores import Hit, IndexedChunk, StoreUnavailable
+from aperag.stores import FulltextHits, Hit, IndexedChunk, StoreUnavailable
+
+# Built-in Elasticsearch token filters only (no plugin): cjk_width folds full/half-width forms,
+# cjk_bigram turns Han/Hiragana/Katakana/Hangul tokens into bigrams (a lone character stays a unigram).
+INDEX_SETTINGS: dict[str, Any] = {
+    "analysis": {
+        "filter": {
+            "aperag_english_stop": {"type": "stop", "stopwords": "_english_"},
+            "aperag_english_stemmer": {"type": "stemmer", "language": "english"},
+            "aperag_english_possessive": {"type": "stemmer", "language": "possessive_english"},
+        },
+        "analyzer": {
+            "aperag_text": {
+                "type": "custom",
+                "tokenizer": "standard",
+                "filter": [
+                    "cjk_width",
+                    "lowercase",
+                    "cjk_bigram",
+                    "aperag_english_possessive",
+                    "aperag_english_stop",
+                    "aperag_english_stemmer",
+                ],
+            }
+        },
+    }
+}
 
 
 class ElasticsearchFulltextStore:
@@ -33,11 +66,12 @@ class ElasticsearchFulltextStore:
         self._call(
             self.client.indices.create,
             index=self.index,
+            settings=INDEX_SETTINGS,
             mappings={
                 "properties": {
                     "collection_id": {"type": "keyword"},
                     "document_id": {"type": "keyword"},
-                    "text": {"type": "text", "analyzer": "english"},
+                    "text": {"type": "text", "analyzer": "aperag_text"},
                 }
             },
         )
@@ -69,7 +103,7 @@ class ElasticsearchFulltextStore:
     def delete_collection(self, collection_id: str) -> None:
         self._delete_by("collection_id", collection_id)
 
-    def search(self, collection_id: str, query: str, top_k: int) -> list[Hit]:
+    def search(self, collection_id: str, query: str, top_k: int) -> FulltextHits:
         resp = self._call(
             self.client.search,
             index=self.index,
@@ -81,7 +115,8 @@ class ElasticsearchFulltextStore:
                 }
             },
         )
-        return [Hit(chunk_id=h["_id"], score=float(h["_score"])) for h in resp["hits"]["hits"]]
+        hits = [Hit(chunk_id=h["_id"], score=float(h["_score"])) for h in resp["hits"]["hits"]]
+        return FulltextHits(hits, max_score=None)
 
     def ping(self) -> None:
         if not self._call(self.client.ping):

@@ -1,155 +1,380 @@
-"""Full-text search in PostgreSQL (tsvector + GIN, ts_rank_cd)."""
+"""Full-text search in PostgreSQL ranked by BM25, from per-collection term statistics kept at ingestion.
+
+PostgreSQL's own ranking (`ts_rank_cd`) has no IDF and no length normalisation: on real text a query
+word found in half the collection counts as much as an identifier found in one chunk
+(docs/benchmarks.md). So this store keeps its own inverted index in four tables, written in the same
+transaction as the chunk:
+
+- `fts_chunks`: one row per chunk (a bigint number, its length in terms);
+- `fts_terms`: per collection and term, the document frequency `df` (chunks containing it);
+- `fts_postings`: per term and chunk, the term frequency `tf` (and the chunk length, so scoring needs
+  no join);
+- `fts_collections`: per collection, the chunk count and total length (for IDF and the average length).
+
+Scoring is Okapi BM25 (k1 = 1.2, b = 0.75, Lucene's IDF `ln(1 + (N - df + 0.5) / (df + 0.5))`).
+Terms come from `aperag.stores.lexical` (stemming, identifiers, CJK bigrams).
+
+Query cost is bounded, and the ranking exact whenever that is cheap to guarantee:
+
+1. up to EXHAUSTIVE_POSTINGS postings for all query terms together: one aggregate over all of them;
+2. otherwise MaxScore (Turtle & Flood 1995): a term adds at most `idf * (k1 + 1)` to a chunk. The
+   chunks containing the rarest terms (up to POSTINGS_BUDGET postings) are scored with *all* query
+   terms; if the k-th best score is above the most the remaining common terms could add together,
+   no other chunk can enter the top k: exact, and the long posting lists were never scanned;
+3. otherwise (every term is common, e.g. a question of everyday words in a large collection) each
+   term contributes only its POSTINGS_PER_TERM highest-impact postings (highest term frequency,
+   shortest chunk first), read in that order from an index; the best RESCORE_POOL chunks of that
+   partial sum are then scored with every term. The order among candidates is exact BM25; which
+   chunks become candidates is the (bounded) approximation.
+"""
 
 from __future__ import annotations
 
-import re
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from aperag.stores import Hit, IndexedChunk
+from aperag.stores import FulltextHits, Hit, IndexedChunk
+from aperag.stores.lexical import analyze, query_terms
 from aperag.stores.pg_connection import store_transaction
 
-_WORD = re.compile(r"[\w]+", re.UNICODE)
+K1 = 1.2
+B = 0.75
+# Up to this many postings in all, a query is scored exhaustively (one aggregate, exact).
+EXHAUSTIVE_POSTINGS = 20_000
+# Postings of the rarest terms whose chunks MaxScore scores with all terms.
+POSTINGS_BUDGET = 5_000
+# Otherwise each term contributes its this-many highest-impact postings (bounded cost).
+POSTINGS_PER_TERM = 4_000
+# ... and the best this-many chunks of that partial sum are scored again with all terms.
+RESCORE_POOL = 200
+# The table of the tsvector store this one replaced; ensure_schema moves its rows over, then drops it.
+LEGACY_TABLE = "fulltext_chunks"
+# Transaction-level advisory lock key for the one-time move ("ftsmig" in ASCII).
+_MIGRATION_LOCK = 0x6674736D6967
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS fts_collections ("
+    " collection_id varchar(32) PRIMARY KEY, chunks bigint NOT NULL, total_length bigint NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS fts_terms ("
+    " id bigserial PRIMARY KEY, collection_id varchar(32) NOT NULL, term text NOT NULL, df integer NOT NULL,"
+    " CONSTRAINT uq_fts_terms UNIQUE (collection_id, term))",
+    "CREATE TABLE IF NOT EXISTS fts_chunks ("
+    " id bigserial PRIMARY KEY, chunk_id varchar(36) NOT NULL UNIQUE, document_id varchar(32) NOT NULL,"
+    " collection_id varchar(32) NOT NULL, length integer NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ix_fts_chunks_document ON fts_chunks (document_id)",
+    "CREATE INDEX IF NOT EXISTS ix_fts_chunks_collection ON fts_chunks (collection_id)",
+    # Probing a chunk's terms and deleting a chunk use the primary key; a term's postings are read
+    # from the second index, highest term frequency first (covering: index-only scans).
+    "CREATE TABLE IF NOT EXISTS fts_postings ("
+    " term_id bigint NOT NULL, chunk_no bigint NOT NULL, tf integer NOT NULL, length integer NOT NULL,"
+    " PRIMARY KEY (chunk_no, term_id) INCLUDE (tf, length))",
+    "CREATE INDEX IF NOT EXISTS ix_fts_postings_impact ON fts_postings (term_id, tf DESC, length) INCLUDE (chunk_no)",
+]
 
 
-def or_query(query: str) -> str:
-    """Natural-language query -> an OR tsquery source.
+@dataclass(frozen=True)
+class _Term:
+    id: int
+    df: int
+    idf: float
 
-    websearch_to_tsquery ANDs every word, so a question rarely matches any chunk. OR-ing the words
-    and ranking by cover density finds chunks with most of them first.
-    """
-    words = [w for w in _WORD.findall(query.lower()) if len(w) > 1]
-    return " | ".join(dict.fromkeys(words))
-
-
-# A query term found in at least this many chunks of a collection is left out of the ranking
-# (see PgFulltextStore._selective_query).
-COMMON_TERM_CHUNKS = 500
+    @property
+    def max_score(self) -> float:
+        return self.idf * (K1 + 1)
 
 
-def tsquery_lexeme(lexeme: str) -> str:
-    """A normalised lexeme as a tsquery operand (quoted: taken verbatim, not parsed again)."""
-    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+def idf(chunks: int, df: int) -> float:
+    return math.log(1.0 + (chunks - df + 0.5) / (df + 0.5))
 
 
 class PgFulltextStore:
-    def __init__(self, url: str, language: str = "english") -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.language = language
 
     def _connect(self) -> AbstractContextManager[Connection]:
         return store_transaction(self.url, "postgres full-text")
 
+    # -- schema -----------------------------------------------------------------------------------
+
     def ensure_schema(self) -> None:
         with self._connect() as conn:
-            conn.execute(
+            for statement in _SCHEMA:
+                conn.execute(text(statement))
+        self._migrate_legacy_table()
+
+    def _migrate_legacy_table(self) -> None:
+        """Index the rows of the old tsvector table (`fulltext_chunks`), then drop it: an upgrade keeps
+        every chunk searchable without re-embedding anything. One transaction, under a lock, so two
+        processes starting at once neither race nor leave it half done."""
+        with self._connect() as conn:
+            if not conn.execute(text("SELECT to_regclass(:t)"), {"t": LEGACY_TABLE}).scalar():
+                return
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            if not conn.execute(text("SELECT to_regclass(:t)"), {"t": LEGACY_TABLE}).scalar():
+                return  # another process moved it while we waited
+            # A server-side cursor: the old table may not fit in memory.
+            result = conn.execute(
                 text(
-                    "CREATE TABLE IF NOT EXISTS fulltext_chunks ("
-                    " chunk_id varchar(36) PRIMARY KEY, document_id varchar(32) NOT NULL,"
-                    " collection_id varchar(32) NOT NULL, text text NOT NULL,"
-                    f" tsv tsvector GENERATED ALWAYS AS (to_tsvector('{self.language}', text)) STORED)"
-                )
+                    f"SELECT chunk_id, document_id, collection_id, text FROM {LEGACY_TABLE} ORDER BY chunk_id"
+                ).execution_options(stream_results=True, max_row_buffer=1000)
             )
-            conn.execute(
-                text(
-                    "CREATE INDEX IF NOT EXISTS ix_fulltext_chunks_document ON fulltext_chunks (document_id)"
-                )
-            )
-            conn.execute(
-                text("CREATE INDEX IF NOT EXISTS ix_fulltext_chunks_tsv ON fulltext_chunks USING gin (tsv)")
-            )
-            conn.execute(
-                text(
-                    "CREATE INDEX IF NOT EXISTS ix_fulltext_chunks_collection "
-                    "ON fulltext_chunks (collection_id)"
-                )
-            )
+            batch: list[IndexedChunk] = []
+            for row in result:
+                batch.append(IndexedChunk(row[0], row[1], row[2], row[3]))
+                if len(batch) == 1000:
+                    self._insert(conn, batch)
+                    batch = []
+            self._insert(conn, batch)
+            conn.execute(text(f"DROP TABLE {LEGACY_TABLE}"))
+
+    # -- writes -----------------------------------------------------------------------------------
 
     def upsert(self, chunks: list[IndexedChunk]) -> None:
         if not chunks:
             return
-        rows = [{"c": c.chunk_id, "d": c.document_id, "col": c.collection_id, "t": c.text} for c in chunks]
         with self._connect() as conn:
+            # Writing a chunk id again replaces it (and its contribution to the statistics).
+            self._delete_where(conn, "chunk_id = ANY(:v)", [c.chunk_id for c in chunks])
+            self._insert(conn, chunks)
+
+    def _insert(self, conn: Connection, chunks: list[IndexedChunk]) -> None:
+        if not chunks:
+            return
+        freqs = [Counter(analyze(c.text)) for c in chunks]
+        lengths = [sum(f.values()) for f in freqs]
+        numbers: dict[str, int] = dict(
             conn.execute(
                 text(
-                    "INSERT INTO fulltext_chunks (chunk_id, document_id, collection_id, text) "
-                    "VALUES (:c, :d, :col, :t) ON CONFLICT (chunk_id) DO UPDATE SET text = EXCLUDED.text"
+                    "INSERT INTO fts_chunks (chunk_id, document_id, collection_id, length) "
+                    "SELECT * FROM unnest(CAST(:c AS varchar[]), CAST(:d AS varchar[]), CAST(:col AS varchar[]),"
+                    " CAST(:n AS integer[])) RETURNING chunk_id, id"
                 ),
-                rows,
+                {
+                    "c": [c.chunk_id for c in chunks],
+                    "d": [c.document_id for c in chunks],
+                    "col": [c.collection_id for c in chunks],
+                    "n": lengths,
+                },
+            ).all()
+        )
+        by_collection: dict[str, list[int]] = defaultdict(list)
+        for i, chunk in enumerate(chunks):
+            by_collection[chunk.collection_id].append(i)
+        for collection_id in sorted(by_collection):
+            members = by_collection[collection_id]
+            df: Counter[str] = Counter()
+            for i in members:
+                df.update(freqs[i].keys())
+            terms = sorted(df)
+            # Sorted, so concurrent writers lock the rows of shared terms in the same order.
+            term_ids: dict[str, int] = dict(
+                conn.execute(
+                    text(
+                        "INSERT INTO fts_terms (collection_id, term, df) "
+                        "SELECT :col, t, n FROM unnest(CAST(:t AS text[]), CAST(:n AS integer[])) AS u(t, n) "
+                        "ORDER BY t "
+                        "ON CONFLICT (collection_id, term) DO UPDATE SET df = fts_terms.df + EXCLUDED.df "
+                        "RETURNING term, id"
+                    ),
+                    {"col": collection_id, "t": terms, "n": [df[t] for t in terms]},
+                ).all()
+            )
+            posting_terms: list[int] = []
+            posting_chunks: list[int] = []
+            posting_tf: list[int] = []
+            posting_len: list[int] = []
+            for i in members:
+                for term, tf in freqs[i].items():
+                    posting_terms.append(term_ids[term])
+                    posting_chunks.append(numbers[chunks[i].chunk_id])
+                    posting_tf.append(tf)
+                    posting_len.append(lengths[i])
+            conn.execute(
+                text(
+                    "INSERT INTO fts_postings (term_id, chunk_no, tf, length) "
+                    "SELECT * FROM unnest(CAST(:t AS bigint[]), CAST(:c AS bigint[]), CAST(:f AS integer[]),"
+                    " CAST(:n AS integer[]))"
+                ),
+                {"t": posting_terms, "c": posting_chunks, "f": posting_tf, "n": posting_len},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO fts_collections (collection_id, chunks, total_length) VALUES (:col, :n, :len) "
+                    "ON CONFLICT (collection_id) DO UPDATE SET chunks = fts_collections.chunks + EXCLUDED.chunks,"
+                    " total_length = fts_collections.total_length + EXCLUDED.total_length"
+                ),
+                {"col": collection_id, "n": len(members), "len": sum(lengths[i] for i in members)},
+            )
+
+    def _delete_where(self, conn: Connection, condition: str, value: object) -> None:
+        """Delete the chunks matching `condition` on fts_chunks and take them out of the statistics."""
+        gone = conn.execute(
+            text(f"DELETE FROM fts_chunks WHERE {condition} RETURNING id, collection_id, length"), {"v": value}
+        ).all()
+        if not gone:
+            return
+        removed_terms = Counter(
+            row[0]
+            for row in conn.execute(
+                text("DELETE FROM fts_postings WHERE chunk_no = ANY(:c) RETURNING term_id"),
+                {"c": [row[0] for row in gone]},
+            )
+        )
+        ids = list(removed_terms)
+        # Lock in the order writers use (collection, term) so a concurrent insert cannot deadlock us.
+        conn.execute(
+            text("SELECT 1 FROM fts_terms WHERE id = ANY(:ids) ORDER BY collection_id, term FOR UPDATE"),
+            {"ids": ids},
+        )
+        conn.execute(
+            text(
+                "UPDATE fts_terms SET df = fts_terms.df - u.n "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:n AS integer[])) AS u(id, n) WHERE fts_terms.id = u.id"
+            ),
+            {"ids": ids, "n": [removed_terms[i] for i in ids]},
+        )
+        conn.execute(text("DELETE FROM fts_terms WHERE id = ANY(:ids) AND df <= 0"), {"ids": ids})
+        per_collection: dict[str, tuple[int, int]] = {}
+        for _, collection_id, length in gone:
+            n, total = per_collection.get(collection_id, (0, 0))
+            per_collection[collection_id] = (n + 1, total + length)
+        for collection_id in sorted(per_collection):
+            n, total = per_collection[collection_id]
+            conn.execute(
+                text(
+                    "UPDATE fts_collections SET chunks = chunks - :n, total_length = total_length - :len "
+                    "WHERE collection_id = :col"
+                ),
+                {"col": collection_id, "n": n, "len": total},
             )
 
     def delete_document(self, document_id: str) -> None:
         with self._connect() as conn:
-            conn.execute(text("DELETE FROM fulltext_chunks WHERE document_id = :d"), {"d": document_id})
+            self._delete_where(conn, "document_id = :v", document_id)
 
     def delete_collection(self, collection_id: str) -> None:
         with self._connect() as conn:
-            conn.execute(text("DELETE FROM fulltext_chunks WHERE collection_id = :c"), {"c": collection_id})
+            conn.execute(
+                text("DELETE FROM fts_postings WHERE term_id IN (SELECT id FROM fts_terms WHERE collection_id = :c)"),
+                {"c": collection_id},
+            )
+            for table in ("fts_terms", "fts_chunks", "fts_collections"):
+                conn.execute(text(f"DELETE FROM {table} WHERE collection_id = :c"), {"c": collection_id})
 
-    def search(self, collection_id: str, query: str, top_k: int) -> list[Hit]:
-        if not or_query(query):
-            return []
+    # -- search -----------------------------------------------------------------------------------
+
+    def search(self, collection_id: str, query: str, top_k: int) -> FulltextHits:
+        wanted = query_terms(query)
+        if not wanted:
+            return FulltextHits([], 0.0)
         with self._connect() as conn:
-            # The query's lexemes come from the same parser and dictionary as the indexed text, so they
-            # always line up (hyphenated words, identifiers with underscores, dotted names...).
-            lexemes = conn.execute(
-                text(f"SELECT tsvector_to_array(to_tsvector('{self.language}', :q))"), {"q": query}
-            ).scalar_one()
-            if not lexemes:
-                return []
-            source = self._selective_query(conn, collection_id, list(lexemes))
-            rows = self._rank(conn, collection_id, source, top_k) if source else []
+            stats = conn.execute(
+                text("SELECT chunks, total_length FROM fts_collections WHERE collection_id = :c"),
+                {"c": collection_id},
+            ).one_or_none()
+            if stats is None or stats[0] <= 0:
+                return FulltextHits([], 0.0)
+            chunks, total_length = int(stats[0]), int(stats[1])
+            rows = conn.execute(
+                text("SELECT id, df FROM fts_terms WHERE collection_id = :c AND term = ANY(:t) AND df > 0"),
+                {"c": collection_id, "t": wanted},
+            ).all()
+            terms = sorted((_Term(int(r[0]), int(r[1]), idf(chunks, int(r[1]))) for r in rows), key=lambda t: t.df)
+            if not terms:
+                return FulltextHits([], 0.0)
+            avg_length = max(total_length / chunks, 1.0)
+            hits = self._rank(conn, terms, avg_length, top_k)
+        return FulltextHits(hits, sum(t.max_score for t in terms))
+
+    def _rank(self, conn: Connection, terms: list[_Term], avg_length: float, top_k: int) -> list[Hit]:
+        """Exact BM25 top k when that is cheap to prove; otherwise bounded cost (module docstring)."""
+        if sum(t.df for t in terms) <= EXHAUSTIVE_POSTINGS:
+            return self._aggregate(conn, terms, {t.id: t.df for t in terms}, avg_length, top_k)
+        scanned = 0
+        while scanned < len(terms) and sum(t.df for t in terms[: scanned + 1]) <= POSTINGS_BUDGET:
+            scanned += 1
+        if scanned:
+            hits = self._score(conn, terms, terms[:scanned], avg_length, top_k)
+            threshold = hits[-1].score if len(hits) >= top_k else 0.0
+            if sum(t.max_score for t in terms[scanned:]) <= threshold:
+                return hits  # MaxScore: no chunk without a scanned term can reach the top k
+        limits = {t.id: min(t.df, POSTINGS_PER_TERM) for t in terms}
+        return self._aggregate(conn, terms, limits, avg_length, top_k)
+
+    def _aggregate(
+        self, conn: Connection, terms: list[_Term], limits: dict[int, int], avg_length: float, top_k: int
+    ) -> list[Hit]:
+        """BM25 summed over each term's postings - all of them, or its `limits[term]` highest term
+        frequencies (shortest chunks first among equals), read in that order from ix_fts_postings_impact.
+        With truncated lists, the best RESCORE_POOL chunks of that partial sum are scored again with
+        every term, so the final order among them is exact BM25."""
+        truncated = any(limits[t.id] < t.df for t in terms)
+        partial = (
+            "SELECT p.chunk_no, sum(w.idf * p.tf * (:k1 + 1) / (p.tf + :k1 * (1 - :b + :b * p.length / :avg)))"
+            " AS score FROM w CROSS JOIN LATERAL (SELECT chunk_no, tf, length FROM fts_postings"
+            "  WHERE term_id = w.term_id ORDER BY tf DESC, length LIMIT w.lim) p"
+            " GROUP BY p.chunk_no ORDER BY score DESC, p.chunk_no LIMIT :pool"
+        )
+        rescored = (
+            "SELECT p.chunk_no, sum(w.idf * p.tf * (:k1 + 1) / (p.tf + :k1 * (1 - :b + :b * p.length / :avg)))"
+            " AS score FROM pool JOIN fts_postings p ON p.chunk_no = pool.chunk_no AND p.term_id = ANY(:ids)"
+            " JOIN w ON w.term_id = p.term_id GROUP BY p.chunk_no ORDER BY score DESC, p.chunk_no LIMIT :k"
+        )
+        rows = conn.execute(
+            text(
+                "WITH w AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:idf AS float8[]),"
+                "  CAST(:lim AS integer[])) AS w(term_id, idf, lim)),"
+                f" pool AS ({partial}),"
+                f" top AS ({rescored if truncated else 'SELECT * FROM pool'})"
+                " SELECT c.chunk_id, top.score FROM top JOIN fts_chunks c ON c.id = top.chunk_no"
+                " ORDER BY top.score DESC, top.chunk_no"
+            ),
+            {
+                "ids": [t.id for t in terms],
+                "idf": [t.idf for t in terms],
+                "lim": [limits[t.id] for t in terms],
+                "k1": K1,
+                "b": B,
+                "avg": avg_length,
+                "k": top_k,
+                "pool": max(RESCORE_POOL, top_k) if truncated else top_k,
+            },
+        ).all()
         return [Hit(chunk_id=r[0], score=float(r[1])) for r in rows]
 
-    def _selective_query(self, conn: Connection, collection_id: str, lexemes: list[str]) -> str:
-        """The OR tsquery of the query's lexemes, without those found in COMMON_TERM_CHUNKS or more
-        chunks of the collection.
-
-        ts_rank_cd has no IDF, so such a term adds little but noise to the ranking, and an OR query
-        containing it makes PostgreSQL rank every chunk that has it (a quarter of a 100k-chunk
-        collection for a word like "data"): that made full-text latency grow linearly with the
-        collection (p95 over 1 s at 100k chunks, docs/benchmarks.md). Each count stops at the
-        cap, so it costs at most COMMON_TERM_CHUNKS row visits. The price: in a large collection a
-        moderately common word (in 500+ chunks) no longer contributes to the full-text ranking; the
-        vector side of hybrid search still sees it.
-        If every matching term is that common, they are AND-ed instead (a small, precise match set).
-        Below the cap nothing is dropped, so small collections rank exactly as with a plain OR.
-        """
-        operands = [tsquery_lexeme(x) for x in lexemes]
-        if len(operands) == 1:
-            return operands[0]
-        # One statement, one capped count per term (each planned with its own lexeme).
-        counts = ", ".join(
-            f"(SELECT count(*) FROM (SELECT 1 FROM fulltext_chunks WHERE collection_id = :c "
-            f"AND tsv @@ CAST(:t{i} AS tsquery) LIMIT :cap) s{i})"
-            for i in range(len(operands))
-        )
-        params: dict[str, object] = {"c": collection_id, "cap": COMMON_TERM_CHUNKS}
-        params.update({f"t{i}": op for i, op in enumerate(operands)})
-        row = conn.execute(text(f"SELECT {counts}"), params).one()
-        rare = [op for op, n in zip(operands, row, strict=True) if 0 < n < COMMON_TERM_CHUNKS]
-        common = [op for op, n in zip(operands, row, strict=True) if n >= COMMON_TERM_CHUNKS]
-        if rare:
-            return " | ".join(rare)
-        return " & ".join(common)
-
-    def _rank(self, conn: Connection, collection_id: str, source: str, top_k: int) -> list[Any]:
-        # Cover density ties often (e.g. every chunk holding one query word once); ts_rank, a
-        # frequency-based score, breaks them, then the text itself (not the random chunk id), so equal
-        # inputs always rank the same.
-        return list(
-            conn.execute(
-                text(
-                    "SELECT chunk_id, ts_rank_cd(tsv, q) AS rank, ts_rank(tsv, q) AS freq "
-                    "FROM fulltext_chunks, CAST(:q AS tsquery) AS q "
-                    "WHERE collection_id = :c AND tsv @@ q ORDER BY rank DESC, freq DESC, md5(text), chunk_id LIMIT :k"
-                ),
-                {"q": source, "c": collection_id, "k": top_k},
-            ).all()
-        )
+    def _score(
+        self, conn: Connection, terms: list[_Term], scanned: Iterable[_Term], avg_length: float, top_k: int
+    ) -> list[Hit]:
+        """BM25 with all `terms` of the chunks containing at least one `scanned` term."""
+        rows = conn.execute(
+            text(
+                "WITH w AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:idf AS float8[])) AS w(term_id, idf)),"
+                " candidates AS (SELECT DISTINCT chunk_no FROM fts_postings WHERE term_id = ANY(:scanned)),"
+                " top AS ("
+                "  SELECT p.chunk_no, sum(w.idf * p.tf * (:k1 + 1) / (p.tf + :k1 * (1 - :b + :b * p.length / :avg)))"
+                "   AS score"
+                "  FROM candidates JOIN fts_postings p ON p.chunk_no = candidates.chunk_no AND p.term_id = ANY(:ids)"
+                "  JOIN w ON w.term_id = p.term_id GROUP BY p.chunk_no ORDER BY score DESC, p.chunk_no LIMIT :k)"
+                " SELECT c.chunk_id, top.score FROM top JOIN fts_chunks c ON c.id = top.chunk_no"
+                " ORDER BY top.score DESC, top.chunk_no"
+            ),
+            {
+                "ids": [t.id for t in terms],
+                "idf": [t.idf for t in terms],
+                "scanned": [t.id for t in scanned],
+                "k1": K1,
+                "b": B,
+                "avg": avg_length,
+                "k": top_k,
+            },
+        ).all()
+        return [Hit(chunk_id=r[0], score=float(r[1])) for r in rows]
 
     def ping(self) -> None:
         with self._connect() as conn:
-            conn.execute(text("SELECT 1 FROM fulltext_chunks LIMIT 1"))
+            conn.execute(text("SELECT 1 FROM fts_collections LIMIT 1"))

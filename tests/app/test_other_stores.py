@@ -67,11 +67,11 @@ def test_elasticsearch_fulltext() -> None:
     try:
         chunks = _chunks("c1", "d1")
         store.upsert(chunks)
-        hits = store.search("c1", "chess opening", 5)
+        hits = store.search("c1", "chess opening", 5).hits
         assert hits[0].chunk_id == chunks[2].chunk_id
-        assert store.search("c2", "chess", 5) == []
+        assert store.search("c2", "chess", 5).hits == []
         store.delete_document("d1")
-        assert store.search("c1", "chess", 5) == []
+        assert store.search("c1", "chess", 5).hits == []
     finally:
         store.client.indices.delete(index=env["ES_INDEX"])
 

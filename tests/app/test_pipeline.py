@@ -11,8 +11,8 @@ from aperag import services
 from aperag.context import AppContext
 from aperag.db.models import Chunk
 from aperag.ingest.pipeline import TransientIngestionError, index_document, reconcile
-from aperag.search import rrf_fuse, search
-from aperag.stores import Hit, StoreUnavailable
+from aperag.search import search
+from aperag.stores import StoreUnavailable
 from tests.app.conftest import settings_from
 from tests.app.corpus import DOCS, QUERIES
 
@@ -64,7 +64,7 @@ def test_reupload_and_reindex_do_not_duplicate_chunks(ctx: AppContext) -> None:
     assert not again.created and again.document.id == doc_id
     services.reindex_document(ctx, doc_id)
     assert index_document(ctx, doc_id, final_attempt=False) == "ready"
-    for table in ("chunks", "vector_chunks", "fulltext_chunks"):
+    for table in ("chunks", "vector_chunks", "fts_chunks"):
         assert _count(ctx, table, doc_id) == before, table
 
 
@@ -79,7 +79,7 @@ def test_delete_document_removes_chunks_everywhere(ctx: AppContext) -> None:
     ids = _ingest_all(ctx, "kb")
     doc_id = ids["chess.html"]
     services.delete_document(ctx, "kb", doc_id)
-    for table in ("chunks", "vector_chunks", "fulltext_chunks"):
+    for table in ("chunks", "vector_chunks", "fts_chunks"):
         assert _count(ctx, table, doc_id) == 0
     collection = services.get_collection(ctx, "kb")
     hits = search(ctx, collection.id, "Sicilian Defence", "fulltext", 5).results
@@ -161,15 +161,10 @@ def test_reconcile_requeues_stuck_documents(ctx: AppContext) -> None:
     assert reconcile(ctx) == {"requeued": 0, "failed": 0}
 
 
-def test_rrf_rewards_agreement() -> None:
-    fused = rrf_fuse([[Hit("a", 0.9), Hit("b", 0.8)], [Hit("b", 5.0), Hit("c", 4.0)]])
-    assert [h.chunk_id for h in fused] == ["b", "a", "c"]
-
-
 def test_chunk_rows_match_store_rows(ctx: AppContext) -> None:
     ids = _ingest_all(ctx, "kb")
     with ctx.sessions() as session:
         total = session.scalar(select(func.count()).select_from(Chunk))
         vec = session.execute(text("SELECT count(*) FROM vector_chunks")).scalar_one()
-        fts = session.execute(text("SELECT count(*) FROM fulltext_chunks")).scalar_one()
+        fts = session.execute(text("SELECT count(*) FROM fts_chunks")).scalar_one()
     assert total == vec == fts == sum(_count(ctx, "chunks", d) for d in ids.values())
