@@ -92,7 +92,7 @@ class Cluster:
     def instance(self, release: Release) -> Instance:
         return Instance("rag", "team-a", "00000000-0000-0000-0000-0000000000aa", self.inputs(release).spec)
 
-    def env(self, release: Release) -> list[dict[str, Any]]:
+    def database_env(self, release: Release) -> list[dict[str, Any]]:
         return build_database_env("rag", self.inputs(release).spec.databases)
 
     def decide(self, release: Release, deployments: Release | None, ready: bool = True) -> UpgradeDecision:
@@ -108,7 +108,7 @@ class Cluster:
     def run_jobs(self, release: Release, decision: UpgradeDecision) -> dict[str, Any]:
         """Creates the Job the decision asks for and runs its pod to the end; returns the app's report."""
         (request,) = decision.jobs
-        job = migration_job.build(self.instance(release), request, self.env(release))
+        job = migration_job.build(self.instance(release), request, self.database_env(release))
         finished = self.runtime.run(job)
         container = job["spec"]["template"]["spec"]["containers"][0]
         self.ran.append((request.name, [*container["command"], *container.get("args", [])], finished.__dict__))
