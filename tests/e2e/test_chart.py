@@ -274,6 +274,17 @@ def snapshot(cluster: Cluster, namespace: str) -> dict[str, tuple[str, int | Non
     }
 
 
+async def all_idle(op: OperatorProcess, namespace: str, names: list[str], cycles: int) -> None:
+    """Waits until the operator has finished ``cycles`` more reconciles of each resource (they run
+    side by side: one wait for all)."""
+    start = {name: op.reconciles(namespace, name) for name in names}
+    await wait_until(
+        lambda: all(op.reconciles(namespace, name) >= start[name] + cycles for name in names),
+        timeout=30,
+        what=f"{cycles} more reconciles of each of {names}",
+    )
+
+
 def ready_since(cluster: Cluster, namespace: str, names: list[str]) -> dict[str, str]:
     return {name: cond(cluster, namespace, name, "Ready")["lastTransitionTime"] for name in names}
 
@@ -312,8 +323,7 @@ async def test_upgrading_the_operator_keeps_every_aperag_running_and_writes_noth
                 apply_yaml(cluster, manifest("ext", apps, EXTERNAL))
                 for name in names:
                     await wait_ready(cluster, apps, name, limit=120)
-                for name in names:
-                    await wait_idle(operator, apps, name)
+                await all_idle(operator, apps, names, cycles=2)
                 children, since_ready = snapshot(cluster, apps), ready_since(cluster, apps, names)
 
                 # The next version: a new chart version (new default image tag) and a changed value.
@@ -338,8 +348,7 @@ async def test_upgrading_the_operator_keeps_every_aperag_running_and_writes_noth
             assert [p["spec"]["containers"][0]["image"] for p in operator_pods["items"]] == [container["image"]]
 
             async with running(cluster, after, tmp_path, "after") as upgraded:
-                for name in names:
-                    await wait_idle(upgraded, apps, name, cycles=3)  # full reconciles, resyncs included
+                await all_idle(upgraded, apps, names, cycles=3)  # full reconciles, resyncs included
                 writes = [
                     f"{e['verb']} {e['objectRef'].get('resource')}/{e['objectRef'].get('name', '')}"
                     for e in cluster.audit_events(username=service_account_user(system, release), namespace=apps,
