@@ -325,6 +325,10 @@ async def test_upgrading_the_operator_keeps_every_aperag_running_and_writes_noth
                     await wait_ready(cluster, apps, name, limit=120)
                 await all_idle(operator, apps, names, cycles=2)
                 children, since_ready = snapshot(cluster, apps), ready_since(cluster, apps, names)
+                assert {key.split("/")[0] for key in children} >= {
+                    "Cluster", "ConfigMap", "Deployment", "Ingress", "Job", "NetworkPolicy", "PersistentVolumeClaim",
+                    "Pod", "PodDisruptionBudget", "Service", "ServiceAccount",
+                }  # fmt: skip
 
                 # The next version: a new chart version (new default image tag) and a changed value.
                 since = time.time()
