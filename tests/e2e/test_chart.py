@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from charts import render
+from e2e.controlplane.localcluster import down, up
 from tests.conftest import shared_dir
 from tests.e2e.conftest import OperatorProcess, apply_yaml, kget, kubeblocks_simulator
 from tests.e2e.install import (
@@ -144,6 +145,29 @@ async def test_the_chart_installs_and_its_rbac_is_enough_to_reach_ready(
     # Uninstalling removes the cluster-wide RBAC and keeps the CRD, so the ApeRAGs stay.
     assert cluster.kubectl("get", "clusterrole", release, check=False).returncode != 0
     assert kget(cluster, apps, "aperag", "chart") is not None
+
+
+@pytest.mark.slow
+def test_helm_installs_the_crd_on_a_fresh_cluster(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """On a cluster without the CRD (the session's cluster has it already), ``helm install`` creates it
+    from the chart's crds/ and ApeRAGs are accepted; ``--create-namespace`` makes aperag-system."""
+    state = tmp_path_factory.mktemp("fresh")
+    own = Cluster(up(state))
+    try:
+        assert own.kubectl("get", "crd", "aperags.aperag.io", check=False).returncode != 0
+        helm(own, "install", "aperag-operator", str(render.CHART), "--namespace", "aperag-system", "--create-namespace")
+        own.wait_established("aperags.aperag.io")
+        crd = kget(own, "", "crd", "aperags.aperag.io") or {}
+        shipped = yaml.safe_load((render.CHART / "crds" / "aperag.io_aperags.yaml").read_text())
+        assert crd["spec"]["versions"][0]["schema"] == shipped["spec"]["versions"][0]["schema"]
+        result = own.kubectl(
+            "apply", "--server-side", "--dry-run=server", "--validate=strict", "-n", "default",
+            "-f", str(render.ROOT / "examples" / "aperag-minimal.yaml"),
+        )  # fmt: skip
+        assert "serverside-applied (server dry run)" in result.stdout
+        assert kget(own, "aperag-system", "deployment", "aperag-operator") is not None
+    finally:
+        down(state)
 
 
 async def test_prometheus_objects_are_valid_for_the_real_crds(
