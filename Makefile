@@ -14,7 +14,7 @@ IMAGE_APT_PACKAGES := buildah podman runc mmdebstrap
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-packages image-packages venv controlplane test test-unit test-e2e test-app \
-        test-images lint demo cluster-up cluster-down bench crds golden clean images image-contexts lock
+        test-images lint demo cluster-up cluster-down bench crds manifests golden clean images image-contexts lock
 
 help:
 	@echo "make demo          start the local cluster and run the operator on the example ApeRAG"
@@ -22,6 +22,7 @@ help:
 	@echo "make cluster-up    start the local control plane and print the KUBECONFIG to export"
 	@echo "make cluster-down  stop the processes cluster-up started"
 	@echo "make images        build the app and operator images with buildah (no Docker needed)"
+	@echo "make manifests     render manifests/install.yaml from the Helm chart (charts/aperag-operator)"
 	@echo "make lint | bench | setup | crds | golden | lock | image-contexts"
 
 setup: system-packages image-packages venv controlplane
@@ -68,7 +69,8 @@ cluster-down:
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: venv
+# The chart tests (tests/unit/test_chart.py) render with the control plane's helm.
+test-unit: controlplane
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-e2e: setup
@@ -78,7 +80,7 @@ test-images: setup
 	$(PY) -m pytest tests/images $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests e2e bench aperag images
+	$(VENV)/bin/ruff check operator tests e2e bench aperag images charts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
@@ -119,9 +121,17 @@ lock: venv
 	$(VENV)/bin/uv pip compile requirements/model.in --no-deps $(LOCK_TARGET) -o requirements/model.txt
 	$(VENV)/bin/uv pip compile requirements/pip.in $(LOCK_TARGET) -o requirements/pip.txt
 
-# The CRD is generated from the spec model (a unit test fails when they disagree).
+# The CRD is generated from the spec model (a unit test fails when they disagree); the chart ships the
+# same file. Then `make manifests`, which holds it too.
 crds: venv
 	$(PY) -m aperag_operator.crdgen > crds/aperag.io_aperags.yaml
+	cp crds/aperag.io_aperags.yaml charts/aperag-operator/crds/aperag.io_aperags.yaml
+
+# manifests/install.yaml: the chart rendered with its defaults (CRD and aperag-system Namespace included)
+# by the control plane's helm, for `kubectl apply --server-side -f manifests/install.yaml`. A unit test
+# fails when it is out of date.
+manifests: controlplane
+	$(PY) -m charts.render
 
 clean: cluster-down
 	rm -rf $(STATE_DIR)
