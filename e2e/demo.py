@@ -158,13 +158,12 @@ def main() -> int:
         name,
         "0.7.0",
         {
-            "kwok.aperag.io/termination-message-upgrade": migration_report("upgrade", ["0003"], ["0004"], ok=False),
+            "kwok.aperag.io/termination-message": migration_report("upgrade", ["0003"], ["0004"], ok=False),
             "kwok.aperag.io/termination-message-downgrade": migration_report("downgrade", ["0004"], ["0003"]),
         },
         labels={"kwok.aperag.io/fail-upgrade": "true"},
     )
     follow(name, "0.6.0", "Failed", told)
-    print(kubectl("get", "aperag", name, "-n", NAMESPACE).stdout)
     print(f"export KUBECONFIG={STATE / 'admin.kubeconfig'}   # then: make cluster-down")
     return 0
 
