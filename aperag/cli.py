@@ -266,10 +266,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"heads": found, "single": len(found) == 1}))
         return 0
     if args.action == "current":
-        if not settings.database_configured:
-            print("configuration error: POSTGRES_HOST (or DATABASE_URL) is not set", file=sys.stderr)
-            return 2
-        print(migrate.current_json(settings.database_url))
+        # Without POSTGRES_HOST: the database of the embedded `aperag serve` running here, if any (a
+        # ConfigError, exit 2 with one line, when there is none either).
+        print(migrate.current_json(_database_settings(settings).database_url))
         return 0
     action: migrate.Action = "upgrade" if args.action == "upgrade" else "downgrade"
     if action == "downgrade" and not args.revision:

@@ -60,7 +60,12 @@ DB_SECRET = "bench-db"
 # External databases: the bench measures the operator, not KubeBlocks (which the bench cluster lacks).
 SPEC: dict[str, Any] = {
     "version": "0.5.0",
-    "components": {"api": {"replicas": 1}, "worker": {"replicas": 1}},
+    # Small CPU requests so that 100 resources' pods fit on the bench's 4 kwok nodes (16 CPUs each) and
+    # every resource can become Ready (the no-op and restart windows start only then).
+    "components": {
+        "api": {"replicas": 1, "resources": {"requests": {"cpu": "100m"}}},
+        "worker": {"replicas": 1, "resources": {"requests": {"cpu": "100m"}}},
+    },
     "databases": {
         "postgresql": {"external": {"host": "pg.bench.internal", "credentialsSecretRef": {"name": DB_SECRET}}},
         "redis": {"external": {"host": "redis.bench.internal"}},
@@ -288,7 +293,7 @@ def run_size(bench: Bench, n: int, workdir: Path) -> dict[str, Any]:
                 for a in listing
             )
 
-        wait_for(all_ready, timeout=600, what=f"{n} resources Ready")
+        wait_for(all_ready, timeout=1200, what=f"{n} resources Ready")
 
         def settled() -> bool:
             ops = [stamp(e) for e in bench.audit(ns) if e["user"]["username"] == OPERATOR_USER]
