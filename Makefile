@@ -91,6 +91,7 @@ demo: cluster-up
 
 bench: setup
 	$(PY) bench/operator_scale.py
+	$(PY) bench/upgrade_scale.py
 	$(PY) -m bench.app_ingest
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
