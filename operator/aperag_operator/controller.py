@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aperag_operator.builders.common import Instance, Obj
@@ -192,9 +192,6 @@ class Controller:
         while not self._all_listed():
             self._state_changed.clear()
             await self._state_changed.wait()
-
-    async def started(self) -> None:
-        await self._started.wait()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -540,12 +537,3 @@ class Controller:
 def contact_details(ctl: Controller) -> dict[str, object]:
     """What the health endpoints add to their report."""
     return {"queue": ctl.queue.depth(), "reconciles": ctl.reconciles}
-
-
-def all_kinds(contributors: Iterable[Contributor]) -> list[Kind]:
-    """Every kind the engine may watch with these contributors (for RBAC checks and docs)."""
-    return list(
-        dict.fromkeys(
-            (APERAG, SECRET, *CORE_CHILD_KINDS, *(k for c in contributors for k in (*c.owned_kinds, *c.watched_kinds)))
-        )
-    )
