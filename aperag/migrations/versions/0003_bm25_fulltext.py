@@ -18,9 +18,10 @@ rollout and after a rollback (docs/app.md, "Full-text tables across releases"):
   set ``aperag.fts_dual_write`` for their transaction, so the trigger leaves them alone.
 
 The upgrade indexes every row of ``fulltext_chunks`` into the BM25 tables in the migration's
-transaction. The trigger is created first: its lock (SHARE ROW EXCLUSIVE on ``fulltext_chunks``) waits
-for the previous release's writes in flight and holds new ones until the commit, so every row is
-either read by the backfill or queued by the trigger, never lost. Searches are not blocked.
+transaction. It first locks that table (SHARE ROW EXCLUSIVE, as creating the trigger would): the lock
+waits for the previous release's writes in flight and holds new ones until the commit, so every row is
+either read by the backfill or, written after the commit, queued by the trigger; none is lost. Searches
+(plain reads) are not blocked; the previous release's ingestion waits for the migration.
 
 The downgrade drops what this revision added and keeps ``fulltext_chunks`` with its rows: at 0002 the
 schema is exactly what the previous release expects, with every document indexed.
@@ -102,7 +103,10 @@ COPY_TO_LEGACY = (
 def upgrade() -> None:
     from aperag.stores.pg_fulltext_store import index_legacy_rows
 
-    for statement in [*LEGACY, *BM25]:
+    create_table, *indexes = LEGACY
+    op.execute(create_table)
+    op.execute("LOCK TABLE fulltext_chunks IN SHARE ROW EXCLUSIVE MODE")  # until the commit
+    for statement in [*indexes, *BM25]:
         op.execute(statement)
     op.execute(COPY_TO_LEGACY)
     for statement in PENDING:
