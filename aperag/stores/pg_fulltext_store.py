@@ -213,6 +213,24 @@ def _begin_write(conn: Connection) -> None:
     )
 
 
+def write_legacy(conn: Connection, chunks: list[IndexedChunk]) -> None:
+    """The chunks in the previous release's tsvector table, as it wrote them (its generated column
+    computes the tsvector)."""
+    conn.execute(
+        text(
+            f"INSERT INTO {LEGACY_TABLE} (chunk_id, document_id, collection_id, text) "
+            "SELECT * FROM unnest(CAST(:c AS varchar[]), CAST(:d AS varchar[]), CAST(:col AS varchar[]),"
+            " CAST(:t AS text[])) ON CONFLICT (chunk_id) DO UPDATE SET text = EXCLUDED.text"
+        ),
+        {
+            "c": [c.chunk_id for c in chunks],
+            "d": [c.document_id for c in chunks],
+            "col": [c.collection_id for c in chunks],
+            "t": [c.text for c in chunks],
+        },
+    )
+
+
 def index_legacy_rows(conn: Connection) -> int:
     """Index into the BM25 tables every row of the tsvector table they do not hold yet; returns how
     many. Revision 0003 runs it in the migration's transaction (the upgrade from the previous release)."""
@@ -257,19 +275,7 @@ class PgFulltextStore:
             return
         with self._connect() as conn:
             _begin_write(conn)
-            conn.execute(
-                text(
-                    f"INSERT INTO {LEGACY_TABLE} (chunk_id, document_id, collection_id, text) "
-                    "SELECT * FROM unnest(CAST(:c AS varchar[]), CAST(:d AS varchar[]), CAST(:col AS varchar[]),"
-                    " CAST(:t AS text[])) ON CONFLICT (chunk_id) DO UPDATE SET text = EXCLUDED.text"
-                ),
-                {
-                    "c": [c.chunk_id for c in chunks],
-                    "d": [c.document_id for c in chunks],
-                    "col": [c.collection_id for c in chunks],
-                    "t": [c.text for c in chunks],
-                },
-            )
+            write_legacy(conn, chunks)
             # Writing a chunk id again replaces it (and its contribution to the statistics).
             delete_chunks_where(conn, "chunk_id = ANY(:v)", [c.chunk_id for c in chunks])
             insert_chunks(conn, chunks)
