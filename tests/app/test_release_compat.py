@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -32,6 +33,7 @@ from aperag.stores.pg_fulltext_store import PgFulltextStore
 from aperag.stores.pgvector_store import PgVectorStore
 from tests.app.conftest import settings_from, wait_until
 from tests.app.corpus import DOCS, QUERIES
+from tests.app.migration_fixtures import failing_release
 from tests.app.previous_release import PreviousPgFulltextStore
 
 PREVIOUS = "0002"
@@ -264,6 +266,30 @@ def test_upgrade_keeps_every_document_of_the_previous_release_searchable(
     assert_found_by_this_release(AppContext(settings=settings_from(env)), docs)
     assert bm25_content(url) == fresh_bm25(app_env_factory, before)
     assert pending(url) == 0
+
+
+def test_an_upgrade_that_fails_after_0003_leaves_the_previous_release_untouched(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """The backfill is part of the run's one transaction: a later revision of the same run failing
+    undoes it with everything else (nothing for the operator to downgrade)."""
+    expected_schema = schema_fingerprint(settings_from(previous_release_database(app_env_factory)).database_url)
+    env = previous_release_database(app_env_factory)
+    url = settings_from(env).database_url
+    old = Writer(url, PreviousPgFulltextStore(url), WORDS)
+    docs = [old.document(old.collection("kb"))]
+    before = legacy_rows(url)
+    result = subprocess.run(
+        [sys.executable, "-m", "aperag.cli", "migrate", "upgrade"],
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", **env,
+             migrate.EXTRA_DIR_ENV: str(failing_release(tmp_path / "extra"))},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 1 and report["reason"] == "MigrationFailed"
+    assert (report["before"], report["current"], report["changed"]) == ([PREVIOUS], [PREVIOUS], False)
+    assert schema_fingerprint(url) == expected_schema and legacy_rows(url) == before
+    assert_found_by_the_previous_release(url, docs)
 
 
 # -- rollout: the previous release's pods keep writing ---------------------------------------------
