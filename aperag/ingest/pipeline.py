@@ -369,7 +369,8 @@ def reconcile(
 ) -> dict[str, int]:
     """Re-dispatch documents stuck in pending/indexing (a lost task, a killed worker or process);
     give up on those that already used all their attempts. `exclude`: documents the caller knows to
-    be queued or running in this very process."""
+    be queued or running in this very process. Then bring the full-text index up to date with what the
+    previous release's pods wrote during a rollout (`FulltextStore.sync`; one query when nothing)."""
     older = ctx.settings.stuck_after_seconds if older_than_seconds is None else older_than_seconds
     requeued = failed = 0
     for document_id, attempts in stuck_documents(ctx, older, exclude):
@@ -381,6 +382,9 @@ def reconcile(
         if ctx.dispatcher is not None:
             ctx.dispatcher.enqueue(document_id)
         requeued += 1
-    return {"requeued": requeued, "failed": failed}
+    synced = ctx.fulltext_store.sync()
+    if synced:
+        log.info("indexed %d chunks the previous release wrote to the tsvector table", synced)
+    return {"requeued": requeued, "failed": failed, "fulltext_synced": synced}
 
 
