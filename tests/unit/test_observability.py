@@ -276,3 +276,52 @@ def test_the_network_policy_lets_the_scraper_reach_the_metrics_ports_only() -> N
     assert sorted(metrics_builder.PORTS.values()) == [8000, 8001]
     off = {"networkPolicy": {"enabled": True}, "observability": {"metrics": {"enabled": False}}}
     assert len(network_policy.build_app(instance(off))["spec"]["ingress"]) == 1
+
+
+# --- the Grafana dashboard ------------------------------------------------------------------------------------
+
+DASHBOARD = ROOT / "docs" / "observability" / "grafana-dashboard.json"
+
+
+def dashboard_queries() -> list[str]:
+    import json
+
+    board = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    return [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+
+
+def exposed_names() -> set[str]:
+    """Every sample name the operator's and the app's /metrics expose (from the registries they serve)."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    from aperag import metrics as app_metrics  # noqa: F401  (registers the app's metrics)
+    from aperag.api.app import _QueueDepthCollector
+
+    operator = OperatorMetrics()
+    operator.bind(FakeEngine([aperag("a", "Ready", True)], {}))
+    app = CollectorRegistry()
+    app.register(_QueueDepthCollector(type("Ctx", (), {"dispatcher": None})()))  # type: ignore[arg-type]
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",),
+                "summary": ("_count", "_sum")}  # fmt: skip
+    names: set[str] = set()
+    for registry in (operator.registry, REGISTRY, app):
+        for family in registry.collect():
+            names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+            names |= {s.name for s in family.samples}
+    return names
+
+
+def test_the_dashboard_queries_only_metrics_that_exist() -> None:
+    queries = dashboard_queries()
+    used = {m for q in queries for m in re.findall(r"\b((?:aperag|process)_[a-z0-9_]+)\b", q)}
+    assert len(used) >= 25
+    missing = used - exposed_names()
+    assert not missing, f"the dashboard queries metrics nothing exposes: {sorted(missing)}"
+    # and it shows what the issue asks for: operator and app panels
+    for wanted in ("aperag_operator_reconciles_total", "aperag_operator_workqueue_depth", "aperag_operator_resources",
+                   "aperag_http_request_duration_seconds_bucket", "aperag_ingestion_tasks_total",
+                   "aperag_embedding_duration_seconds_bucket", "aperag_search_duration_seconds_bucket",
+                   "aperag_ingestion_queue_depth"):  # fmt: skip
+        assert wanted in used, wanted
