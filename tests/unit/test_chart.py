@@ -213,6 +213,13 @@ def test_values_change_the_port_logging_and_arguments() -> None:
     assert main["ports"][0]["containerPort"] == 9090
 
 
+#: The chart's alerts; docs/observability.md has a runbook line for each (tests/unit/test_observability.py).
+ALERTS = (
+    "ApeRAGOperatorDown", "ApeRAGOperatorReconcileErrors", "ApeRAGNotReady", "ApeRAGMigrationFailed",
+    "ApeRAGRollbackFailed", "ApeRAGRolledBack", "ApeRAGOperatorQueueBacklog",
+)  # fmt: skip
+
+
 def test_monitoring_objects_are_off_by_default_and_point_at_the_metrics_service() -> None:
     assert not {"ServiceMonitor", "PrometheusRule"} & {o["kind"] for o in rendered()}
     objects = rendered(
@@ -225,13 +232,30 @@ def test_monitoring_objects_are_off_by_default_and_point_at_the_metrics_service(
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["aperag-system"]}
     assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("metrics", "/metrics")]
+    assert [e.get("honorLabels") for e in monitor["spec"]["endpoints"]] == [True]  # the ApeRAGs' namespace label
     rule = only(objects, "PrometheusRule")
-    assert rule["spec"]["groups"] == [{"name": "aperag-operator", "rules": []}]  # the observability issue fills it
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert sorted(alerts) == sorted(ALERTS)
+    # Operator down is about the metrics Service's targets (the ServiceMonitor's job is the Service's name).
+    assert f'job="{service["metadata"]["name"]}"' in alerts["ApeRAGOperatorDown"]["expr"]
+    for alert in alerts.values():
+        assert alert["labels"]["severity"] in ("critical", "warning", "info")
+        assert alert["annotations"]["summary"] and alert["annotations"]["runbook"]
+        assert "runbook_url" not in alert["annotations"]
     extra = {"alert": "Custom", "expr": "vector(1)"}
     with_rule = rendered(
-        "--set", "prometheusRule.enabled=true", "--set-json", f"prometheusRule.rules={json.dumps([extra])}"
+        "--set", "prometheusRule.enabled=true", "--set-json", f"prometheusRule.rules={json.dumps([extra])}",
+        "--set", "prometheusRule.runbookUrl=https://docs.example.com/observability", "--set",
+        "prometheusRule.notReadyFor=30m",
     )  # fmt: skip
-    assert only(with_rule, "PrometheusRule")["spec"]["groups"][0]["rules"] == [extra]
+    rules = only(with_rule, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    assert rules[-1] == extra and len(rules) == len(ALERTS) + 1
+    by_name = {r.get("alert"): r for r in rules}
+    assert by_name["ApeRAGNotReady"]["for"] == "30m"
+    assert by_name["ApeRAGRollbackFailed"]["annotations"]["runbook_url"] == (
+        "https://docs.example.com/observability#aperagrollbackfailed"
+    )
     assert "needs metrics.service.enabled" in helm_fails(
         "--set", "serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"
     )

@@ -17,7 +17,10 @@ DNS_LABEL_MAX = 63
 #: the hash (a Kubernetes SafeEncodeString of a 32-bit FNV hash) has at most 10 characters.
 REVISION_HASH_LENGTH = 10
 #: The operator's own children, by the suffix they add (docs/api.md lists them).
-CHILD_SUFFIXES = ("", "-config", "-objects", "-api", "-worker", "-beat", "-frontend", "-flower", "-app")
+CHILD_SUFFIXES = (
+    "", "-config", "-objects", "-api", "-worker", "-beat", "-frontend", "-flower", "-app", "-web",
+    "-api-metrics", "-worker-metrics",
+)  # fmt: skip
 
 
 def derived_names(name: str) -> dict[str, str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aperag_operator.contributors.base import Contributor
 from aperag_operator.contributors.databases import DatabasesContributor
 from aperag_operator.contributors.object_storage import ObjectStorageContributor
+from aperag_operator.contributors.observability import ObservabilityContributor
 from aperag_operator.contributors.upgrades import UpgradesContributor
 
 
 def default_contributors() -> list[Contributor]:
-    return [DatabasesContributor(), ObjectStorageContributor(), UpgradesContributor()]
+    return [DatabasesContributor(), ObjectStorageContributor(), UpgradesContributor(), ObservabilityContributor()]
