@@ -803,16 +803,19 @@ def down(state: Path) -> None:
         return
     info = ClusterInfo.load(state)
     running = [p for p in reversed(info.processes) if _is_ours(p)]
-    for process in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while any(_is_alive(p) for p in running) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for process in running:
-        if _is_alive(process):
+    # etcd last: a kube-apiserver whose etcd is gone does not finish its graceful shutdown and waits for
+    # the SIGKILL below (15 s); with etcd still there it exits in about a second.
+    for wave in ([p for p in running if p.name != "etcd"], [p for p in running if p.name == "etcd"]):
+        for process in wave:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(_is_alive(p) for p in wave) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for process in wave:
+            if _is_alive(process):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
     (state / "cluster.json").unlink()
     log(f"stopped {', '.join(f'{p.name}({p.pid})' for p in running) or 'nothing (already gone)'}")
 
