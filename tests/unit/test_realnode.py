@@ -1,5 +1,6 @@
 """The test webhook that places labelled pods on the real node (tests/harness/realnode.py), on the pods the
-operator's builders generate, and the pause image archive the real node imports."""
+operator's builders generate; the pause image archive the real node imports; and what `up --real-node`
+says on a machine that cannot run it (before starting anything)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from aperag_operator.builders.common import Instance, target_release
 from aperag_operator.builders.database_env import build_database_env
 from aperag_operator.spec.model import parse_spec
 
+from e2e.controlplane import localcluster, realnode
 from e2e.controlplane.realnode import NODE_LABEL, TAINT, pause_image_archive
 from tests.harness.realnode import (
     PLACE_LABEL,
@@ -137,3 +139,21 @@ def test_the_pause_image_archive_is_a_valid_oci_layout(tmp_path: Path) -> None:
     config = json.loads(files["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
     assert config["config"]["Entrypoint"] == ["/pause"]
     assert pause_image_archive(binary) == (archive, name)  # written once
+
+
+def test_a_machine_that_cannot_run_the_node_is_told_why_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(realnode, "RUNC", str(tmp_path / "no-runc"))
+    problems = realnode.preflight()
+    assert any("not running as root" in p for p in problems)
+    assert any("no-runc missing" in p for p in problems)
+
+    def no_build(**_: object) -> Path:
+        raise AssertionError("nothing may be built or started")
+
+    monkeypatch.setattr(localcluster, "build_binaries", no_build)
+    with pytest.raises(realnode.RealNodeUnavailable, match="not running as root"):
+        localcluster.up(tmp_path / "state", real_node=True)
+    assert not (tmp_path / "state" / "cluster.json").exists()
