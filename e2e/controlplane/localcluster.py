@@ -632,16 +632,17 @@ def _is_ours(process: ManagedProcess) -> bool:
     return exe.removesuffix(" (deleted)") == process.executable
 
 
-def up(state: Path, *, nodes: int = 2, real_node: bool = False) -> ClusterInfo:
+def up(state: Path, *, nodes: int = 2, real_node: bool = False, real_node_wait: float = 0) -> ClusterInfo:
     """Starts the control plane with ``nodes`` kwok nodes; with ``real_node`` also one real kubelet node
-    (realnode.py). A running cluster is returned as it is (a real node is added when asked for)."""
+    (realnode.py), waiting up to ``real_node_wait`` seconds while another cluster's real node runs on
+    this machine. A running cluster is returned as it is (a real node is added when asked for)."""
     state = state.resolve()
     if (state / "cluster.json").exists():
         info = ClusterInfo.load(state)
         if all(_is_ours(p) for p in info.processes):
             log(f"already running (state {state})")
             if real_node and info.real_node is None:
-                realnode.start(info, state, build_binaries(real_node=True))
+                realnode.start(info, state, build_binaries(real_node=True), real_node_wait)
             return info
         down(state)
     if real_node:
@@ -695,7 +696,7 @@ def up(state: Path, *, nodes: int = 2, real_node: bool = False) -> ClusterInfo:
 
         wait_until(all_nodes_ready, timeout=60, what=f"{nodes} kwok nodes Ready")
         if real_node:
-            realnode.start(info, state, bin_dir)
+            realnode.start(info, state, bin_dir, real_node_wait)
     except BaseException:
         log(f"start failed; logs are in {state / 'logs'}")
         down(state)

@@ -212,11 +212,12 @@ def _record_alive(record: dict[str, Any]) -> bool:
 # --- start ------------------------------------------------------------------------------------
 
 
-def start(info: ClusterInfo, state: Path, bin_dir: Path) -> RealNodeInfo:
+def start(info: ClusterInfo, state: Path, bin_dir: Path, wait_seconds: float = 0) -> RealNodeInfo:
     """Starts containerd and the kubelet against the running cluster and waits until the node is Ready.
 
-    Raises :class:`RealNodeUnavailable` when this machine cannot run it or another cluster's real node
-    runs; on any other failure everything started is removed again before the error propagates."""
+    Raises :class:`RealNodeUnavailable` when this machine cannot run it, or when another cluster's real
+    node still runs after ``wait_seconds``; on any other failure everything started is removed again
+    before the error propagates."""
     from e2e.controlplane.localcluster import Api, ManagedProcess, _start, free_port, wait_until
 
     problems = preflight()
@@ -226,6 +227,7 @@ def start(info: ClusterInfo, state: Path, bin_dir: Path) -> RealNodeInfo:
     node_dir = state / "node"
     containerd_dir = next(bin_dir.glob("containerd-v*"))
     pause_binary = next(bin_dir.glob("pause-*/pause"))
+    _wait_for_the_machine(state, wait_seconds)
     with _owner_lock():
         record = _owner_record()
         if record is not None and _record_alive(record):
@@ -311,6 +313,22 @@ def start(info: ClusterInfo, state: Path, bin_dir: Path) -> RealNodeInfo:
             raise
     log(f"real node {NODE_NAME} Ready in {time.monotonic() - started:.1f}s (kubelet on 127.0.0.1:{node.kubelet_port})")
     return node
+
+
+def _wait_for_the_machine(state: Path, wait_seconds: float) -> None:
+    """Waits (up to ``wait_seconds``) while another cluster's real node runs on this machine."""
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while time.monotonic() < deadline:
+        with _owner_lock():
+            record = _owner_record()
+            busy = record is not None and _record_alive(record) and record["state_dir"] != str(state)
+        if not busy:
+            return
+        if not announced:
+            log(f"waiting up to {wait_seconds:.0f}s for the real node of {record and record['state_dir']} to stop")
+            announced = True
+        time.sleep(2)
 
 
 def _write_owner(owner: dict[str, Any]) -> None:
@@ -498,15 +516,18 @@ def _stop_locked(info: ClusterInfo, state: Path) -> None:
     if containerd is not None and _is_ours(containerd):
         _remove_containers(node)
         _terminate(containerd.pid, containerd.executable, timeout=15)
-    _clean_up(Path(node.dir), node.image_store, node.created_host_paths,
-              str(Path(node.containerd_dir) / "containerd-shim-runc-v2"))  # fmt: skip
+    # The machine-wide part (kubepods cgroups, the fixed host paths) only when no other cluster's real
+    # node runs now (this one died and another took the machine: those are the other's now).
+    record = _owner_record()
+    machine = record is None or record.get("state_dir") == str(state) or not _record_alive(record)
+    _clean_up(Path(node.dir), node.image_store, node.created_host_paths if machine else [],
+              str(Path(node.containerd_dir) / "containerd-shim-runc-v2"), cgroups=machine)  # fmt: skip
     if api is not None:
         with contextlib.suppress(Exception):
             api.request("DELETE", f"/api/v1/nodes/{node.name}")
     info.processes = [p for p in info.processes if p.name not in ("kubelet", "containerd")]
     info.real_node = None
     info.save()
-    record = _owner_record()
     if record is not None and record.get("state_dir") == str(state):
         (OWNER_DIR / "real-node.json").unlink(missing_ok=True)
     log(f"real node stopped and cleaned up in {time.monotonic() - started:.1f}s")
@@ -576,12 +597,12 @@ def _cgroup_roots() -> list[Path]:
     return [Path(m["mount_point"]) for m in _mounts() if m["fstype"] in ("cgroup", "cgroup2")]
 
 
-def _clean_up(node_dir: Path, image_store: str, created_host_paths: list[str], shim: str) -> None:
+def _clean_up(node_dir: Path, image_store: str, created_host_paths: list[str], shim: str, cgroups: bool = True) -> None:
     """What the node's processes leave: container processes and shims, mounts under the node's
     directory and the image store, the kubepods cgroups, the host paths it created, the node's
     directory (the image store stays: it is a cache)."""
     # Processes still in the kubelet's cgroups (containers whose shim died first), then our shims.
-    for root in _cgroup_roots():
+    for root in _cgroup_roots() if cgroups else []:
         for procs in (root / KUBEPODS).rglob("cgroup.procs") if (root / KUBEPODS).is_dir() else []:
             with contextlib.suppress(OSError):
                 for pid in procs.read_text().split():
@@ -605,7 +626,7 @@ def _clean_up(node_dir: Path, image_store: str, created_host_paths: list[str], s
             if subprocess.run(["umount", mount_point], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", mount_point], capture_output=True)
     deadline = time.monotonic() + 15
-    for root in _cgroup_roots():
+    for root in _cgroup_roots() if cgroups else []:
         top = root / KUBEPODS
         if not top.is_dir():
             continue

@@ -9,6 +9,7 @@ them. `make test REAL_NODE=0` deselects them on a machine that cannot run a kube
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -53,11 +54,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="session")
 def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A local cluster of its own (one kwok node) with the real node."""
+    """A local cluster of its own (one kwok node) with the real node. One real node runs per machine:
+    while another session's runs, this waits (APERAG_REAL_NODE_WAIT seconds, 600 by default)."""
     state = tmp_path_factory.mktemp("real-cluster")
     started = time.monotonic()
     try:
-        info = up(state, nodes=1, real_node=True)
+        info = up(state, nodes=1, real_node=True, real_node_wait=float(os.environ.get("APERAG_REAL_NODE_WAIT", "600")))
     except realnode.RealNodeUnavailable as err:
         pytest.fail(f"the real node cannot start, so the real-node tests cannot run: {err}", pytrace=False)
     TIMINGS["cluster with real node up (s)"] = round(time.monotonic() - started, 1)
