@@ -63,7 +63,8 @@ if [ "${1:-}" = node ]; then
     build modules/containerd "containerd-$CONTAINERD_VERSION/$component" "github.com/containerd/containerd/v2/cmd/$component" \
       "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" "no_btrfs,no_devmapper,no_zfs"
   done
-  pause_hash=$(sha256sum "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-12)
+  # Keyed by the source's content (realnode.node_binaries computes the same name).
+  pause_hash=$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-12)
   build pause "pause-$pause_hash/pause" aperag.io/controlplane/pause
 fi
 echo "$bindir"

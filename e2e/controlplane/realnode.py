@@ -99,6 +99,25 @@ def log(message: str) -> None:
     cluster_log(message)
 
 
+# --- binaries ---------------------------------------------------------------------------------
+
+
+def node_binaries(bin_dir: Path) -> tuple[Path, Path]:
+    """The containerd directory and the pause binary ``build.sh node`` made for the current sources:
+    ``containerd-<CONTAINERD_VERSION>/`` and ``pause-<hash of pause/go.mod and main.go>/pause``."""
+    from e2e.controlplane.localcluster import HERE
+
+    lines = (HERE / "versions.env").read_text().splitlines()
+    versions = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    containerd_dir = bin_dir / f"containerd-{versions['CONTAINERD_VERSION'].strip()}"
+    source = b"".join((HERE / "pause" / name).read_bytes() for name in ("go.mod", "main.go"))
+    pause = bin_dir / f"pause-{hashlib.sha256(source).hexdigest()[:12]}" / "pause"
+    missing = [str(p) for p in (containerd_dir / "containerd", pause) if not p.exists()]
+    if missing:
+        raise RealNodeUnavailable(f"not built: {', '.join(missing)} (`localcluster.py build --real-node`)")
+    return containerd_dir, pause
+
+
 # --- can it start here? -----------------------------------------------------------------------
 
 
@@ -111,9 +130,6 @@ def preflight() -> list[str]:
         problems.append(f"{RUNC} missing: install Debian's runc (make image-packages)")
     if not any(entry["fstype"] in ("cgroup", "cgroup2") for entry in _mounts()):
         problems.append("no cgroup filesystem mounted")
-    filesystems = Path("/proc/filesystems").read_text() if Path("/proc/filesystems").exists() else ""
-    if "overlay" not in filesystems:
-        problems.append("the kernel has no overlay filesystem (containerd's snapshotter)")
     for tool in ("mount", "umount", "openssl"):
         if shutil.which(tool, path=SYSTEM_PATH) is None:
             problems.append(f"{tool} not found")
@@ -225,8 +241,7 @@ def start(info: ClusterInfo, state: Path, bin_dir: Path, wait_seconds: float = 0
         raise RealNodeUnavailable("the real node cannot start on this machine: " + "; ".join(problems))
     started = time.monotonic()
     node_dir = state / "node"
-    containerd_dir = next(bin_dir.glob("containerd-v*"))
-    pause_binary = next(bin_dir.glob("pause-*/pause"))
+    containerd_dir, pause_binary = node_binaries(bin_dir)
     _wait_for_the_machine(state, wait_seconds)
     with _owner_lock():
         record = _owner_record()

@@ -189,10 +189,10 @@ async def test_a_migration_failing_part_way_is_downgraded_with_its_own_image(rag
 
 
 async def test_an_api_that_never_starts_fails_the_health_gate_and_is_rolled_back(rag: RealApeRAG) -> None:
-    rag.progress_deadline_seconds = 30
     pod = await install(rag, V2)
     rag.create_collection(pod, "written-before")
 
+    rag.progress_deadline_seconds = 30  # the smallest the CRD allows: the gate fails 30 s after the rollout
     rag.apply(V4)
     _, job_pod = await rag.finished_job("upgrade", V4)
     assert report_of(job_pod)["current"] == ["t_flags"]
