@@ -12,12 +12,26 @@ APT_PACKAGES := openssl redis-server manpages manpages-dev groff-base
 # fails on this machine's hybrid cgroups), CNI plugins and the rest are not needed.
 IMAGE_APT_PACKAGES := buildah podman runc mmdebstrap
 PYTEST_ARGS ?=
+# The real-node tests (tests/realnode: a real kubelet, containerd and runc; needs root) run in `make test`
+# and fail, saying why, when the node cannot start. REAL_NODE=0 leaves them out on a machine that cannot
+# run a kubelet; CI (CI set) refuses that. `make demo REAL_NODE=1` shows the upgrade on the real node.
+REAL_NODE ?= $(if $(filter demo cluster-up,$(MAKECMDGOALS)),0,1)
+ifeq ($(REAL_NODE),0)
+ifneq ($(filter test test-e2e,$(MAKECMDGOALS)),)
+ifneq ($(CI),)
+$(error REAL_NODE=0 is refused in CI: the real-node tests must run there (they fail when the node cannot start))
+endif
+REAL_NODE_PYTEST := -m "not realnode"
+endif
+endif
 
 .PHONY: help setup system-packages image-packages venv controlplane test test-unit test-e2e test-app \
-        test-images lint demo cluster-up cluster-down bench crds manifests golden clean images image-contexts lock
+        test-images test-realnode lint demo cluster-up cluster-down bench crds manifests golden clean images \
+        image-contexts lock
 
 help:
 	@echo "make demo          start the local cluster and run the operator on the example ApeRAG"
+	@echo "make demo REAL_NODE=1   the same with a real kubelet node: a real install, upgrade and rollback"
 	@echo "make test          the whole test suite (installs everything it needs)"
 	@echo "make cluster-up    start the local control plane and print the KUBECONFIG to export"
 	@echo "make cluster-down  stop the processes cluster-up started"
@@ -58,17 +72,17 @@ $(VENV)/.installed: pyproject.toml
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and promtool into
 # ~/.cache/aperag-operator (nothing to do on a warm cache).
 controlplane: venv
-	$(PY) e2e/controlplane/localcluster.py build >/dev/null
+	$(PY) e2e/controlplane/localcluster.py build $(if $(filter 0,$(REAL_NODE)),,--real-node) >/dev/null
 	bash e2e/controlplane/build-tool.sh promtool >/dev/null
 
 cluster-up: setup
-	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR)
+	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR) $(if $(filter 1,$(REAL_NODE)),--real-node)
 
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) e2e/demo.py stop; $(PY) e2e/controlplane/localcluster.py down --state-dir $(STATE_DIR); fi
 
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(REAL_NODE_PYTEST) $(PYTEST_ARGS)
 
 # The chart tests (tests/unit/test_chart.py) render with the control plane's helm.
 test-unit: controlplane
@@ -76,6 +90,10 @@ test-unit: controlplane
 
 test-e2e: setup
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The real-node tests alone (tests/realnode).
+test-realnode: setup
+	$(PY) -m pytest tests/realnode $(PYTEST_ARGS)
 
 test-images: setup
 	$(PY) -m pytest tests/images $(PYTEST_ARGS)
@@ -88,7 +106,7 @@ lint: venv
 demo: cluster-up
 	@echo; echo "== nodes"; $(KUBECTL) get nodes
 	@echo; $(KUBECTL) version
-	@echo; $(PY) e2e/demo.py
+	@echo; $(PY) e2e/demo.py $(if $(filter 1,$(REAL_NODE)),--real-node)
 
 bench: setup
 	$(PY) bench/operator_scale.py

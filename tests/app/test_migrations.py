@@ -21,7 +21,13 @@ from aperag.context import AppContext
 from aperag.stores import IndexedChunk
 from aperag.stores.pg_fulltext_store import PgFulltextStore
 from tests.app.conftest import settings_from
-from tests.app.migration_fixtures import failing_release, next_release, release_head, second_head
+from tests.app.migration_fixtures import (
+    failing_release,
+    next_release,
+    part_way_release,
+    release_head,
+    second_head,
+)
 
 
 def _columns(url: str, table: str) -> set[str]:
@@ -199,6 +205,32 @@ def test_failing_revision_leaves_the_schema_where_it_was(
     assert migrate.current(url)["current"] == [head]
     assert "half_done" not in inspect(create_engine(url)).get_table_names()
     assert "broken" not in _columns(url, "documents")
+    assert _sql(url, "SELECT name FROM collections") == [("kept",)]
+
+
+def test_a_failure_after_an_autocommit_block_reports_the_committed_part(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """A revision with an autocommit block (CREATE INDEX CONCURRENTLY) commits the run before it: when
+    it then fails, the report names the revision the schema was left at (changed), and the downgrade
+    to the revision before the run removes it with the data written before intact."""
+    env = app_env_factory()
+    url = settings_from(env).database_url
+    head = release_head()
+    _sql(url, "INSERT INTO collections (id, name) VALUES ('c1', 'kept')")
+    part_way = {**env, migrate.EXTRA_DIR_ENV: str(part_way_release(tmp_path / "extra"))}
+    result = _cli(part_way, "migrate", "upgrade", "head")
+    assert result.returncode == 1
+    report = _report(result)
+    assert report["reason"] == "MigrationFailed" and "table_that_does_not_exist" in str(report["message"])
+    assert report["before"] == [head] and report["current"] == ["t_audit"] and report["changed"] is True
+    tables = inspect(create_engine(url)).get_table_names()
+    assert "audit_log" in tables and "audited" not in _columns(url, "documents")
+    assert _sql(url, "SELECT indexname FROM pg_indexes WHERE indexname = 'audit_log_entry'") == [("audit_log_entry",)]
+    down = _cli(part_way, "migrate", "downgrade", head)
+    assert down.returncode == 0, down.stderr
+    assert _report(down)["current"] == [head]
+    assert "audit_log" not in inspect(create_engine(url)).get_table_names()
     assert _sql(url, "SELECT name FROM collections") == [("kept",)]
 
 
