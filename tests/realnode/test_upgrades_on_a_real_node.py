@@ -23,10 +23,10 @@ from tests.harness.realnode import PLACE_LABEL, PlacementWebhook, pod_port
 from tests.harness.wait import wait_until
 from tests.realnode import images
 from tests.realnode.images import V1, V2, V3, V4
+from tests.realnode.scenario import RealApeRAG, http, ready, stamp, terminated
 
 #: The app's own head revision: what 1.0.0 (the app image as built) migrates to.
 HEAD1 = images.HEADS[V1]
-from tests.realnode.scenario import RealApeRAG, http, ready, stamp, terminated
 
 #: How long each scenario took (docs/benchmarks.md), printed at the end of the module.
 DURATIONS: dict[str, float] = {}
@@ -241,8 +241,10 @@ async def test_an_api_that_never_starts_fails_the_health_gate_and_is_rolled_back
                             (V4, "t_flags", "Upgrade", "Failed", "RolloutFailed")]  # fmt: skip
     # In that order: the health gate failed, the old pods served again, then the schema went down.
     reasons = rag.own_events()
-    order = [reasons.index(r) for r in ("MigrationSucceeded", "RolloutFailed", "RollingBack", "DowngradeStarted",
-                                                  "DowngradeSucceeded")]
+    order = [
+        reasons.index(r)
+        for r in ("MigrationSucceeded", "RolloutFailed", "RollingBack", "DowngradeStarted", "DowngradeSucceeded")
+    ]
     assert order == sorted(order), reasons
     assert upgrade["running"] == {"version": V2, "image": images.ref(V2), "revision": "t_next"}
 
