@@ -149,6 +149,12 @@ class Settings:
     # Health endpoints of the worker and beat processes (the API serves its own on APERAG_PORT).
     health_port: int = 8001
 
+    # Chat (aperag.chat): tokens of retrieved sources in the model's context, tokens of earlier turns
+    # kept, and chunks retrieved per question. Counted with the embedding tokenizer (an estimate).
+    chat_context_tokens: int = 3000
+    chat_history_tokens: int = 1000
+    chat_top_k: int = 8
+
     embedded_pg_data_dir: str = ""
     # After SIGTERM: how long open requests, then the running indexing batch, may take (each).
     shutdown_grace_seconds: int = 10
@@ -283,6 +289,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stuck_after_seconds=_get_int(e, "STUCK_AFTER_SECONDS", 900),
         worker_metrics_port=_get_int(e, "WORKER_METRICS_PORT", 0),
         health_port=_get_int(e, "HEALTH_PORT", 8001),
+        chat_context_tokens=_get_positive_int(e, "CHAT_CONTEXT_TOKENS", 3000),
+        chat_history_tokens=_get_int(e, "CHAT_HISTORY_TOKENS", 1000),
+        chat_top_k=_get_positive_int(e, "CHAT_TOP_K", 8),
         embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
         shutdown_grace_seconds=_get_positive_int(e, "SHUTDOWN_GRACE_SECONDS", 10),
     )
