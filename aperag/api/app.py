@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 
 from aperag import metrics, services, telemetry
+from aperag.api.routes import chat, mcp, openai_compat
 from aperag.api.schemas import (
     CollectionCreate,
     CollectionOut,
@@ -340,4 +341,8 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
             timings_ms=found.timings_ms,
         )
 
+    # Route modules: chat and its history, the OpenAI-compatible API, the MCP server (docs/app.md).
+    app.include_router(chat.router)
+    app.include_router(openai_compat.router)
+    app.include_router(mcp.build_router(ctx))
     return app

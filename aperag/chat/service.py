@@ -7,7 +7,7 @@ status to answer, so no model failure reaches a client as a 500.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -128,7 +128,7 @@ async def answer(llm: AsyncLLMClient | None, prepared: Prepared) -> Answer:
     )
 
 
-async def stream_answer(llm: AsyncLLMClient | None, prepared: Prepared) -> AsyncIterator[Delta | Answer]:
+async def stream_answer(llm: AsyncLLMClient | None, prepared: Prepared) -> AsyncGenerator[Delta | Answer, None]:
     """Deltas of the answer, then the whole Answer. Raises GenerationFailed (before or after deltas)."""
     model = require_model(llm)
     parts: list[str] = []
@@ -143,15 +143,6 @@ async def stream_answer(llm: AsyncLLMClient | None, prepared: Prepared) -> Async
     except LLMError as exc:
         raise generation_failure(exc) from exc
     raise GenerationFailed(502, "the chat model's stream ended without a final event")
-
-
-async def first_then_rest(
-    events: AsyncIterator[Delta | Answer],
-) -> tuple[Delta | Answer, AsyncIterator[Delta | Answer]]:
-    """Wait for the first event before the response starts, so a model that fails at once (429, 5xx, a
-    timeout, no model) gets a proper HTTP status rather than an error inside a 200 stream."""
-    first = await events.__anext__()
-    return first, events
 
 
 def source_json(s: Source) -> dict[str, Any]:
