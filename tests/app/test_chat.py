@@ -4,62 +4,23 @@ uvicorn, and tests/scripted_llm.py as the model; clients are real HTTP clients (
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from aperag.api.app import create_app
-from aperag.context import AppContext
-from tests.app.conftest import settings_from
-from tests.app.corpus import DOCS
-from tests.app.live_server import seed, serve
-from tests.scripted_llm import CutStream, Disconnect, Fail, Malformed, Reply, Request, Rule, ScriptedLLM, Step
+from tests.app.chat_stack import AUTH, KEY, Stack, llm, stack
+from tests.scripted_llm import CutStream, Disconnect, Fail, Malformed, Reply, Rule, Step
 
-KEY = "chat-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-SOURCE_LINE = re.compile(r"^\[(\d+)\] \(from (.+)\)$", re.M)
-
-
-def grounded(request: Request) -> Step:
-    """The default answer: cites the first and the last source it was given, and a number it was not."""
-    numbers = SOURCE_LINE.findall(request.body["messages"][0]["content"])
-    if not numbers:
-        return Reply("I do not know.")
-    return Reply(f"The first source says so [{numbers[0][0]}]. So does the last [{numbers[-1][0]}][99].")
-
-
-@dataclass
-class Stack:
-    url: str
-    ctx: AppContext
-    ids: dict[str, str]
-    llm: ScriptedLLM
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[ScriptedLLM]:
-    with ScriptedLLM(default=grounded) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stack(app_env_factory: Callable[..., dict[str, str]], embedder_warm: None, llm: ScriptedLLM) -> Iterator[Stack]:
-    # No retries and a short timeout: each failure below is the model's first answer, quickly.
-    env = app_env_factory(APERAG_API_KEYS=KEY, LLM_MAX_RETRIES="0", LLM_TIMEOUT_SECONDS="2", **llm.env())
-    ctx = AppContext(settings=settings_from(env))
-    ids = seed(ctx, "kb", {name: body.encode() for name, body in DOCS.items()})
-    with serve(create_app(ctx)) as url:
-        yield Stack(url, ctx, ids, llm)
+__all__ = ["llm", "stack"]  # module-scoped fixtures: one live app for this module
 
 
 @pytest.fixture
 def http(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, headers=AUTH, timeout=30) as client:
         yield client
+
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
@@ -37,6 +38,7 @@ from aperag.chat.service import (
 router = APIRouter(prefix="/api/v1/collections/{collection}", tags=["chat"], dependencies=AUTH, lifespan=llm_lifespan)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "a request body that is not UTF-8 JSON"},
     401: {"model": ErrorOut, "description": "missing or invalid API key"},
     404: {"model": ErrorOut, "description": "unknown collection or chat"},
     422: {"model": ErrorOut, "description": "malformed request"},
@@ -123,7 +125,10 @@ async def chat(collection: str, body: ChatRequest, ctx: CtxDep, llm: LLMDep) -> 
         except GenerationFailed as exc:
             yield _sse("error", {"status": exc.status, "detail": exc.detail})
         finally:
-            await events.aclose()
+            # Shielded: when the client went away the task is cancelled, and the model's stream must
+            # still be closed now (it would otherwise generate for nobody until garbage collection).
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
 
     # no-cache and X-Accel-Buffering: proxies (nginx ingress) must pass events on as they come.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -16,13 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from aperag import services
 from aperag.api.deps import AUTH, CtxDep, LLMDep
-from aperag.api.schemas import _UNSTORABLE, ErrorOut
+from aperag.api.schemas import _UNSTORABLE, _WORD, ErrorOut
 from aperag.chat.prompt import Turn
 from aperag.chat.retrieval import find_collection
 from aperag.chat.service import (
@@ -79,8 +80,15 @@ class OpenAIErrorOut(BaseModel):
     error: OpenAIErrorBody
 
 
+class BadRequestOut(BaseModel):
+    """A 400: OpenAI's shape from this API, or FastAPI's `detail` for a body that cannot be parsed."""
+
+    error: OpenAIErrorBody | None = None
+    detail: str | None = None
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": OpenAIErrorOut, "description": "no user message, or an empty or unstorable question"},
+    400: {"model": BadRequestOut, "description": "no usable question, or a body that is not UTF-8 JSON"},
     401: {"model": ErrorOut, "description": "missing or invalid API key"},
     404: {"model": OpenAIErrorOut, "description": "the model names no collection"},
     422: {"model": ErrorOut, "description": "malformed request"},
@@ -111,8 +119,8 @@ def _question_and_history(messages: list[Message]) -> tuple[str, list[Turn]]:
     if last is None:
         raise ValueError("messages must contain a user message (the question)")
     question = messages[last].text().strip()
-    if not question or _UNSTORABLE.search(question):
-        raise ValueError("the last user message must be text without control characters")
+    if not _WORD.search(question) or _UNSTORABLE.search(question):
+        raise ValueError("the last user message must be text with a letter or digit and no control characters")
     turns = [Turn(m.role, m.text()) for m in messages[:last] if m.role in ("user", "assistant") and m.text()]
     return question[:4000], turns
 
@@ -200,7 +208,10 @@ async def chat_completions(body: CompletionRequest, ctx: CtxDep, llm: LLMDep) ->
             error = {"error": {"message": exc.detail, "type": "server_error", "code": str(exc.status)}}
             yield f"data: {json.dumps(error)}\n\n".encode()
         finally:
-            await events.aclose()
+            # Shielded: when the client went away the task is cancelled, and the model's stream must
+            # still be closed now (it would otherwise generate for nobody until garbage collection).
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
         yield b"data: [DONE]\n\n"
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
