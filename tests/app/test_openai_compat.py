@@ -73,6 +73,8 @@ def test_errors_are_the_clients_own_exceptions(stack: Stack, client: openai.Open
         client.chat.completions.create(model="kb@graphs", messages=user)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="user message"):
         client.chat.completions.create(model="kb", messages=[{"role": "system", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="letter or digit"):
+        client.chat.completions.create(model="kb", messages=[{"role": "user", "content": " ?! "}])
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=stack.url + "/v1", api_key="wrong", max_retries=0).models.list()
 
