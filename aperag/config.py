@@ -178,6 +178,13 @@ class Settings:
     llm_max_retries: int = 4
     llm_retry_backoff_max: float = 30.0
 
+    # Knowledge graph (aperag.graph): built after each document's chunks are indexed.
+    graph_enabled: bool = True
+    graph_extraction_batch: int = 4
+    # Graph-building tasks of one collection running at once, across all workers (each makes its model
+    # calls one after another): the per-collection limit on concurrent extraction calls.
+    graph_extraction_concurrency: int = 2
+
     embedded_pg_data_dir: str = ""
     # After SIGTERM: how long open requests, then the running indexing batch, may take (each).
     shutdown_grace_seconds: int = 10
@@ -318,6 +325,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         llm_timeout_seconds=_get_positive_float(e, "LLM_TIMEOUT_SECONDS", 60.0),
         llm_max_retries=_get_non_negative_int(e, "LLM_MAX_RETRIES", 4),
         llm_retry_backoff_max=_get_positive_float(e, "LLM_RETRY_BACKOFF_MAX", 30.0),
+        graph_enabled=_get_bool(e, "GRAPH_ENABLED", True),
+        graph_extraction_batch=_get_positive_int(e, "GRAPH_EXTRACTION_BATCH", 4),
+        graph_extraction_concurrency=_get_positive_int(e, "GRAPH_EXTRACTION_CONCURRENCY", 2),
         embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
         shutdown_grace_seconds=_get_positive_int(e, "SHUTDOWN_GRACE_SECONDS", 10),
     )

@@ -37,7 +37,7 @@ from tests.app.migration_fixtures import failing_release
 from tests.app.previous_release import PreviousPgFulltextStore
 
 PREVIOUS = "0002"
-HEAD = "0003"
+HEAD = "0004"  # this release's head (0004: the knowledge graph, expand only)
 # Words no other chunk holds: each chunk of the test documents carries one, so a query for it must
 # return exactly that chunk first.
 WORDS = (
