@@ -183,6 +183,13 @@ class Settings:
     chat_history_tokens: int = 1000
     chat_top_k: int = 8
 
+    # Knowledge graph (aperag.graph): built after each document's chunks are indexed.
+    graph_enabled: bool = True
+    graph_extraction_batch: int = 4
+    # Graph-building tasks of one collection running at once, across all workers (each makes its model
+    # calls one after another): the per-collection limit on concurrent extraction calls.
+    graph_extraction_concurrency: int = 2
+
     embedded_pg_data_dir: str = ""
     # After SIGTERM: how long open requests, then the running indexing batch, may take (each).
     shutdown_grace_seconds: int = 10
@@ -326,6 +333,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chat_context_tokens=_get_positive_int(e, "CHAT_CONTEXT_TOKENS", 3000),
         chat_history_tokens=_get_non_negative_int(e, "CHAT_HISTORY_TOKENS", 1000),
         chat_top_k=_get_positive_int(e, "CHAT_TOP_K", 8),
+        graph_enabled=_get_bool(e, "GRAPH_ENABLED", True),
+        graph_extraction_batch=_get_positive_int(e, "GRAPH_EXTRACTION_BATCH", 4),
+        graph_extraction_concurrency=_get_positive_int(e, "GRAPH_EXTRACTION_CONCURRENCY", 2),
         embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
         shutdown_grace_seconds=_get_positive_int(e, "SHUTDOWN_GRACE_SECONDS", 10),
     )

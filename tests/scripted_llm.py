@@ -61,15 +61,17 @@ class CutStream:
 
 
 Step = Reply | Fail | Malformed | Disconnect | CutStream
+# A step may also be a function of the request (an answer computed from its content).
+Scripted = Step | Callable[["Request"], Step]
 
 
 @dataclass
 class Rule:
     contains: str
-    steps: Sequence[Step]
+    steps: Sequence[Scripted]
     served: int = 0
 
-    def next_step(self) -> Step:
+    def next_step(self) -> Scripted:
         step = self.steps[min(self.served, len(self.steps) - 1)]
         self.served += 1
         return step
@@ -144,10 +146,14 @@ class ScriptedLLM:
     def _choose(self, request: Request) -> Step | None:
         with self._lock:
             self.requests.append(request)
+            chosen: Scripted | None = None
             for rule in self.rules:
                 if rule.contains in request.text:
-                    return rule.next_step()
-        return self.default(request) if self.default is not None else None
+                    chosen = rule.next_step()
+                    break
+        if chosen is None:
+            chosen = self.default
+        return chosen(request) if callable(chosen) else chosen
 
 
 def _handler(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:

@@ -315,7 +315,7 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         # thread computes it, so a request holds a worker thread only for its database work, and all
         # concurrent queries reach the batcher at once (docs/benchmarks.md, "Search under load").
         started = time.perf_counter()
-        pending = await _submit_query(body.query) if body.mode in ("vector", "hybrid") else None
+        pending = await _submit_query(body.query) if body.mode in ("vector", "hybrid", "graph") else None
         vector = None
         if pending is not None:
             model = {"aperag.embedding.backend": ctx.settings.embedding_backend,
@@ -329,7 +329,7 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         def lookup_and_search() -> SearchResponse:
             # One hop to the thread pool for all the database work of the request.
             c = services.get_collection(ctx, collection)
-            return search(ctx, c.id, body.query, body.mode, body.top_k, vector)
+            return search(ctx, c.id, body.query, body.mode, body.top_k, vector, body.include_graph)
 
         found = await run_in_threadpool(lookup_and_search)
         if pending is not None:
@@ -345,4 +345,7 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
     app.include_router(chat.router)
     app.include_router(openai_compat.router)
     app.include_router(mcp.build_router(ctx))
+    from aperag.api.routes import graph as graph_routes
+
+    app.include_router(graph_routes.router, dependencies=auth)
     return app

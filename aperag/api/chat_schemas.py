@@ -20,7 +20,8 @@ class ChatRequest(BaseModel):
         description="continue this chat (its history goes to the model); omitted: a new chat is started",
     )
     stream: bool = Field(default=False, description="true: server-sent events (text/event-stream)")
-    mode: Literal["vector", "fulltext", "hybrid"] = Field(default="hybrid", description="retrieval mode")
+    mode: Literal["vector", "fulltext", "hybrid", "graph"] = Field(default="hybrid", description="retrieval mode")
+    include_graph: bool = Field(default=False, description="hybrid mode: fuse the knowledge graph's ranking too")
     top_k: int | None = Field(default=None, ge=1, le=50, description="chunks retrieved (default CHAT_TOP_K)")
 
     @field_validator("message")

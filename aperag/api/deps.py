@@ -27,6 +27,9 @@ def get_ctx(request: Request) -> AppContext:
 
 
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
+# The names the graph routes use (same dependency).
+get_context = get_ctx
+ContextDep = CtxDep
 
 
 def key_is_valid(settings: Settings, token: str) -> bool:

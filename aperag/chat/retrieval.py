@@ -15,9 +15,11 @@ from aperag.embedding import get_embedder, loaded_embedder, query_batcher
 from aperag.search import SearchResponse, search
 
 
-async def search_async(ctx: AppContext, collection: Collection, query: str, mode: str, top_k: int) -> SearchResponse:
+async def search_async(
+    ctx: AppContext, collection: Collection, query: str, mode: str, top_k: int, include_graph: bool = False
+) -> SearchResponse:
     vector = None
-    if mode in ("vector", "hybrid"):
+    if mode in ("vector", "hybrid", "graph"):  # the graph mode matches entities by the query's embedding too
         embedder = loaded_embedder(ctx.settings)
         if embedder is None:  # first search of the process: load the model off the event loop
             embedder = await run_in_threadpool(get_embedder, ctx.settings)
@@ -25,7 +27,7 @@ async def search_async(ctx: AppContext, collection: Collection, query: str, mode
         if batcher is not None:
             vector = await asyncio.wrap_future(batcher.submit(query))
     # With batching off (QUERY_EMBEDDING_BATCH=0) search() embeds the query on its worker thread.
-    return await run_in_threadpool(search, ctx, collection.id, query, mode, top_k, vector)
+    return await run_in_threadpool(search, ctx, collection.id, query, mode, top_k, vector, include_graph)
 
 
 async def find_collection(ctx: AppContext, ref: str) -> Collection:

@@ -96,9 +96,15 @@ def _counter(ctx: AppContext) -> Any:
 
 
 async def prepare(
-    ctx: AppContext, collection: Collection, question: str, history: Sequence[Turn], mode: str, top_k: int
+    ctx: AppContext,
+    collection: Collection,
+    question: str,
+    history: Sequence[Turn],
+    mode: str,
+    top_k: int,
+    include_graph: bool = False,
 ) -> Prepared:
-    found = await search_async(ctx, collection, question, mode, top_k)
+    found = await search_async(ctx, collection, question, mode, top_k, include_graph)
 
     def build() -> tuple[list[Source], list[Turn]]:
         # Tokenising is CPU work: off the event loop with the rest.

@@ -49,7 +49,7 @@ async def test_tools_are_listed_with_their_schemas(connect: Connect) -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {"list_collections", "search", "fetch_chunk"}
     assert tools["search"].input_schema["required"] == ["collection", "query"]
-    assert tools["search"].input_schema["properties"]["mode"]["enum"] == ["vector", "fulltext", "hybrid"]
+    assert tools["search"].input_schema["properties"]["mode"]["enum"] == ["vector", "fulltext", "hybrid", "graph"]
 
 
 async def test_list_search_and_fetch(stack: Stack, connect: Connect) -> None:
@@ -62,6 +62,9 @@ async def test_list_search_and_fetch(stack: Stack, connect: Connect) -> None:
                                                                  "mode": mode, "top_k": 2}))  # fmt: skip
             assert found["mode"] == mode and found["collection"] == "kb" and len(found["results"]) <= 2
             assert found["results"][0]["document_id"] == stack.ids["sourdough.txt"], mode
+        # The graph modes are accepted (what they find depends on the graph built for the collection).
+        for arguments in ({"mode": "graph"}, {"mode": "hybrid", "include_graph": True}):
+            structured(await client.call_tool("search", {"collection": "kb", "query": "sourdough", **arguments}))
         hit = found["results"][0]
         chunk = structured(await client.call_tool("fetch_chunk", {"collection": "kb", "chunk_id": hit["chunk_id"]}))
         assert chunk["text"] == hit["text"] and chunk["document_id"] == hit["document_id"]
@@ -76,7 +79,7 @@ async def test_tool_errors_are_clear(connect: Connect) -> None:
         cases: list[tuple[str, dict[str, Any], str]] = [
             ("search", {"collection": "missing", "query": "x"}, "not found"),
             ("search", {"collection": "kb", "query": "?!"}, "letter or digit"),
-            ("search", {"collection": "kb", "query": "x", "mode": "graph"}, "mode"),
+            ("search", {"collection": "kb", "query": "x", "mode": "semantic"}, "mode"),
             ("search", {"collection": "kb", "query": "x", "top_k": 0}, "top_k"),
             ("fetch_chunk", {"collection": "kb"}, "chunk_id"),
             ("fetch_chunk", {"collection": "kb", "chunk_id": "00000000-0000-0000-0000-000000000000"}, "not found"),

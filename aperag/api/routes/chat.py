@@ -100,7 +100,8 @@ async def chat(collection: str, body: ChatRequest, ctx: CtxDep, llm: LLMDep) -> 
     chat_id = await run_in_threadpool(history.open_chat, ctx, coll.id, body.chat_id)
     past = await run_in_threadpool(history.messages, ctx, chat_id)
     turns = [Turn(m.role, m.content) for m in past]
-    prepared = await prepare(ctx, coll, body.message, turns, body.mode, body.top_k or ctx.settings.chat_top_k)
+    top_k = body.top_k or ctx.settings.chat_top_k
+    prepared = await prepare(ctx, coll, body.message, turns, body.mode, top_k, body.include_graph)
     sources = [source_json(s) for s in prepared.sources]
     try:
         if not body.stream:

@@ -97,15 +97,17 @@ def build_server(ctx: AppContext) -> MCPServer:
     async def search(
         collection: Annotated[str, Field(description="a collection's name or id")],
         query: Annotated[str, Field(min_length=1, max_length=4000)],
-        mode: Literal["vector", "fulltext", "hybrid"] = "hybrid",
+        mode: Literal["vector", "fulltext", "hybrid", "graph"] = "hybrid",
         top_k: Annotated[int, Field(ge=1, le=50)] = 5,
+        include_graph: Annotated[bool, Field(description="hybrid: fuse the knowledge graph's ranking too")] = False,
     ) -> SearchResults:
-        """Search a collection: vector (semantic), fulltext (BM25 keywords) or hybrid (both, fused)."""
+        """Search a collection: vector (semantic), fulltext (BM25 keywords), hybrid (both, fused) or graph
+        (chunks that mention the knowledge graph's entities matching the query)."""
         if not _WORD.search(query):
             raise ToolError("query must contain a letter or digit")
         try:
             found_collection = await find_collection(ctx, collection)
-            found = await search_async(ctx, found_collection, query, mode, top_k)
+            found = await search_async(ctx, found_collection, query, mode, top_k, include_graph)
         except _ANTICIPATED as exc:
             raise ToolError(str(exc)) from exc
         hits = [Hit(chunk_id=r.chunk_id, document_id=r.document_id, filename=r.filename, text=r.text,

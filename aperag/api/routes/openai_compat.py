@@ -65,7 +65,9 @@ class CompletionRequest(BaseModel):
     # temperature, max_tokens, stream_options, user, ... are accepted; the answer uses the server's settings.
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, max_length=250, description="a collection's name or id, optionally `@mode`")
+    model: str = Field(
+        min_length=1, max_length=250, description="a collection's name or id, optionally `@<mode>` or `@hybrid+graph`"
+    )
     messages: list[Message] = Field(min_length=1, max_length=200)
     stream: bool = False
 
@@ -107,9 +109,13 @@ def _error(status: int, message: str, code: str | None = None, **extra: Any) -> 
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}, **extra}, status_code=status)
 
 
-def _split_model(model: str) -> tuple[str, str]:
-    name, _, mode = model.partition("@")
-    return name, mode or "hybrid"
+def _split_model(model: str) -> tuple[str, str, bool]:
+    """(collection, mode, include_graph) of `name`, `name@mode` or `name@hybrid+graph` (hybrid fused with
+    the knowledge graph's ranking)."""
+    name, _, suffix = model.partition("@")
+    if suffix == "hybrid+graph":
+        return name, "hybrid", True
+    return name, suffix or "hybrid", False
 
 
 def _question_and_history(messages: list[Message]) -> tuple[str, list[Turn]]:
@@ -134,7 +140,7 @@ def _extra(prepared: Prepared, ans: Answer) -> dict[str, Any]:
 
 @router.get("/models", responses={401: ERRORS[401]})
 def list_models(ctx: CtxDep) -> dict[str, Any]:
-    """Every collection, as a model (`<name>`; add `@vector`, `@fulltext` or `@hybrid` to pick the mode)."""
+    """Every collection, as a model (`<name>`; add `@vector`, `@fulltext`, `@graph` or `@hybrid+graph`)."""
     return {
         "object": "list",
         "data": [
@@ -152,7 +158,7 @@ def list_models(ctx: CtxDep) -> dict[str, Any]:
     },
 )
 async def chat_completions(body: CompletionRequest, ctx: CtxDep, llm: LLMDep) -> Response:
-    name, mode = _split_model(body.model)
+    name, mode, include_graph = _split_model(body.model)
     if mode not in MODES:
         return _error(404, f"model {body.model!r}: unknown retrieval mode {mode!r} (one of {', '.join(MODES)})",
                       "model_not_found")  # fmt: skip
@@ -164,7 +170,7 @@ async def chat_completions(body: CompletionRequest, ctx: CtxDep, llm: LLMDep) ->
         coll = await find_collection(ctx, name)
     except services.NotFound:
         return _error(404, f"model {body.model!r} names no collection (GET /v1/models lists them)", "model_not_found")
-    prepared = await prepare(ctx, coll, question, turns, mode, ctx.settings.chat_top_k)
+    prepared = await prepare(ctx, coll, question, turns, mode, ctx.settings.chat_top_k, include_graph)
     completion_id = "chatcmpl-" + new_id()
     created = int(time.time())
     try:

@@ -1,12 +1,11 @@
 """Chat history: chats and their messages (expand only: no existing table changes).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30
 
-Chained on 0003 because the knowledge-graph revision 0004 was not merged when this was written; it is
-re-chained onto 0004 when both land (a single head is checked by `aperag migrate heads`). The previous
-release never reads these tables, so a rollback to it needs nothing; the downgrade drops them.
+After the knowledge graph's 0004. The previous release never reads these tables, so a rollback to it
+needs nothing; the downgrade drops them.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
