@@ -73,9 +73,12 @@ def _outcome(exc: BaseException | None) -> str:
 
 
 def _transport_error(exc: httpx.TransportError, attempts: int) -> LLMUnavailable:
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+    timed_out = isinstance(exc, httpx.TimeoutException)
+    kind = "timed out" if timed_out else "failed"
     return LLMUnavailable(
-        f"chat request {kind} after {attempts} attempt(s): {type(exc).__name__}: {exc}", attempts=attempts
+        f"chat request {kind} after {attempts} attempt(s): {type(exc).__name__}: {exc}",
+        attempts=attempts,
+        timed_out=timed_out,
     )
 
 

@@ -16,10 +16,14 @@ class LLMUnavailable(LLMError):
 
     Transient by nature; a task may retry it later."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, attempts: int = 1, timed_out: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        # The last attempt ran out of LLM_TIMEOUT_SECONDS (the chat API answers 504 rather than 502).
+        self.timed_out = timed_out
 
 
 class LLMRequestRejected(LLMError):

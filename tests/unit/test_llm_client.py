@@ -137,16 +137,17 @@ def test_a_slow_answer_times_out_and_is_retried(llm: ScriptedLLM) -> None:
 
 def test_a_model_that_is_always_too_slow_is_unavailable(llm: ScriptedLLM) -> None:
     llm.add(Rule("hello", [Reply("late", delay=1.0)]))
-    with pytest.raises(LLMUnavailable, match="timed out after 2 attempt"):
+    with pytest.raises(LLMUnavailable, match="timed out after 2 attempt") as slow:
         client(llm, Sleeps(), retries=1, timeout=0.3).complete(HELLO)
+    assert slow.value.timed_out and slow.value.status is None
 
 
 def test_unreachable_endpoint_is_unavailable() -> None:
     config = LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", retry=RetryPolicy(max_retries=1))
     sleeps = Sleeps()
-    with pytest.raises(LLMUnavailable, match="ConnectError"):
+    with pytest.raises(LLMUnavailable, match="ConnectError") as refused:
         LLMClient(config, sleep=sleeps).complete(HELLO)
-    assert len(sleeps.delays) == 1
+    assert len(sleeps.delays) == 1 and not refused.value.timed_out
 
 
 def test_stream_yields_deltas_then_usage(llm: ScriptedLLM) -> None:
