@@ -53,7 +53,7 @@ def generation_failure(exc: LLMError) -> GenerationFailed:
     if isinstance(exc, LLMUnavailable):
         if exc.status == 429:
             return GenerationFailed(429, f"the chat model is rate limiting requests; retry later ({exc})")
-        if exc.status is None and "timed out" in str(exc):
+        if exc.timed_out:
             return GenerationFailed(504, f"the chat model did not answer in time ({exc})")
         return GenerationFailed(502, f"the chat model is unavailable ({exc})")
     if isinstance(exc, LLMRequestRejected):
