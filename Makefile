@@ -114,6 +114,7 @@ bench: setup
 	$(PY) -m bench.app_ingest
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
+	$(PY) -m bench.app_chat
 
 # Rewrites the builders' golden files (tests/unit/golden/) from the current code: review the diff.
 golden: venv
