@@ -55,21 +55,23 @@ def test_search_uses_one_pooled_connection_and_threads_match_the_pool(ctx: AppCo
         doc_id = doc.json()["id"]
 
         def ready() -> bool:
-            return bool(client.get(f"/api/v1/collections/kb/documents/{doc_id}").json()["status"] == "ready")
+            found = client.get(f"/api/v1/collections/kb/documents/{doc_id}").json()
+            # The graph is built after the chunks, on connections of its own: wait for it to be done too.
+            return bool(found["status"] == "ready" and found["graph_status"] in ("ready", "partial", "disabled"))
 
-        wait_until(ready, 120, "the document to be indexed", interval=0.2)
+        wait_until(ready, 120, "the document and its graph to be built", interval=0.2)
 
         def count(*args: Any) -> None:
             checkouts.append(args)
 
         event.listen(engine, "checkout", count)
         try:
-            for mode in ("vector", "fulltext", "hybrid"):
+            for mode in ("vector", "fulltext", "hybrid", "graph"):
                 checkouts.clear()
                 resp = client.post("/api/v1/collections/kb/search", json={"query": "shield volcano", "mode": mode})
                 assert resp.status_code == 200, resp.text
                 assert resp.json()["results"][0]["filename"] == "v.md"
-                # Collection lookup, stores and ready-documents filter on one connection.
+                # Collection lookup, stores (the graph's too) and ready-documents filter on one connection.
                 assert len(checkouts) == 1, mode
         finally:
             event.remove(engine, "checkout", count)
