@@ -988,8 +988,10 @@ class AutoscalerCondition(Spec):
     type: str = Field(..., description="Ready, Active, Fallback, Paused (ScaledObject); AbleToScale, "
                       "ScalingActive, ScalingLimited (HorizontalPodAutoscaler).")
     status: str = Field(..., description="True, False or Unknown.")
-    reason: str = Field(default="", description="The autoscaler's reason.")
-    message: str = Field(default="", description="The autoscaler's message.")
+    # No defaults in the status schema: the stored status must be exactly what the operator wrote, or a
+    # resync would see a difference and write it again.
+    reason: str | None = Field(default=None, description="The autoscaler's reason.")
+    message: str | None = Field(default=None, description="The autoscaler's message.")
 
 
 class ComponentAutoscalingStatus(Spec):
@@ -997,9 +999,9 @@ class ComponentAutoscalingStatus(Spec):
 
     kind: str = Field(..., description="ScaledObject (KEDA) or HorizontalPodAutoscaler.")
     name: str = Field(..., description="Its name, in the ApeRAG's namespace.")
-    metric: str = Field(default="", description="What it scales on (the queue, CPU, memory).")
-    min_replicas: int = Field(default=0, description="Fewest replicas.")
-    max_replicas: int = Field(default=0, description="Most replicas.")
+    metric: str = Field(..., description="What it scales on (the queue, CPU, memory).")
+    min_replicas: int = Field(..., description="Fewest replicas.")
+    max_replicas: int = Field(..., description="Most replicas.")
     current_replicas: int | None = Field(default=None, description="Replicas now (the HPA's currentReplicas).")
     desired_replicas: int | None = Field(
         default=None, description="Replicas the HPA last asked for (desiredReplicas)."
