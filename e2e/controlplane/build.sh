@@ -2,13 +2,20 @@
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok,
 # helm) from the Go module proxy into a cache outside the repo, keyed by component version and Go
 # version, so a second run builds nothing. Prints the bin directory on stdout.
+# `build.sh keda` builds KEDA's operator and metrics API server instead (the autoscaling tests and the
+# demo start them on demand), into a directory of their own.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 gover=$(go env GOVERSION)
 cache_root=${APERAG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aperag-operator}
-bindir=$cache_root/controlplane/k8s-$KUBERNETES_VERSION.etcd-$ETCD_VERSION.kwok-$KWOK_VERSION.helm-$HELM_VERSION.$gover/bin
+target=${1:-controlplane}
+if [ "$target" = keda ]; then
+  bindir=$cache_root/keda/keda-$KEDA_VERSION.$gover/bin
+else
+  bindir=$cache_root/controlplane/k8s-$KUBERNETES_VERSION.etcd-$ETCD_VERSION.kwok-$KWOK_VERSION.helm-$HELM_VERSION.$gover/bin
+fi
 mkdir -p "$bindir"
 # Concurrent runs (two test sessions, a test and the demo) wait for each other instead of racing.
 exec 9>"$bindir/.build.lock"
@@ -40,6 +47,14 @@ k8s_ldflags() {
   done
   echo "$flags"
 }
+
+if [ "$target" = keda ]; then
+  kv="-X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION"
+  build keda keda-operator github.com/kedacore/keda/v2/cmd/operator "$kv"
+  build keda keda-adapter github.com/kedacore/keda/v2/cmd/adapter "$kv"
+  echo "$bindir"
+  exit 0
+fi
 
 build etcd etcd go.etcd.io/etcd/server/v3
 ldf=$(k8s_ldflags)
