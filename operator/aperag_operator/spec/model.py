@@ -707,8 +707,10 @@ class WorkerAutoscalingSpec(Spec):
         default=None,
         ge=0,
         le=1000,
-        description="Workers to run while the queue cannot be read (Redis unreachable) for 3 polls in a "
-        "row (KEDA fallback). Unset: the replicas stay as they are.",
+        description="Workers to run once reading the queue failed 3 polls in a row (KEDA's fallback). KEDA "
+        "v2.20 applies it only to failures on an open connection: while Redis refuses connections its "
+        "scaler cannot be built, the workers stay as they are and AutoscalingReady says why "
+        "(FailedGetExternalMetric). Unset: no fallback.",
     )
     target_cpu_utilization: int = Field(
         default=80,
