@@ -228,7 +228,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _require_database(settings)
     if not settings.redis_configured:
         raise ConfigError("REDIS_HOST is not set: the worker needs the Redis broker")
-    from aperag.ingest.celery_app import celery_app
+    from aperag.ingest.celery_app import PERIODIC_QUEUE, QUEUE, celery_app
     from aperag.telemetry import setup_tracing
 
     setup_tracing("aperag-worker")
@@ -237,7 +237,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(settings.worker_metrics_port)
-    argv = ["worker", "--loglevel", args.loglevel, "-Q", "celery", "--concurrency", str(args.concurrency)]
+    queues = f"{QUEUE},{PERIODIC_QUEUE}"
+    argv = ["worker", "--loglevel", args.loglevel, "-Q", queues, "--concurrency", str(args.concurrency)]
     if args.pool:
         argv += ["--pool", args.pool]
     celery_app.worker_main(argv)

@@ -1,7 +1,8 @@
 """The real KEDA (its operator and metrics API server, built from the Go module proxy: e2e/controlplane/
 keda.py) scales the workers on the app's real Celery queue in a real Redis (with a password, read by
 KEDA from the same Secret the app uses): from zero on the first task, up with the queue, held (and
-reported) while Redis is away, and back down when the queue is empty; the operator writes none of it and rolls it
+reported) while Redis is away, back down when the queue is empty, and never below what the running
+tasks need; the operator writes none of it and rolls it
 up into the status. The workers are kwok pods, so nothing consumes the queue: the test fills and empties
 it (with the app's own dispatcher, so the messages are exactly what an upload sends).
 """
@@ -202,6 +203,31 @@ async def test_the_workers_follow_the_queue_with_the_real_keda(
     queue.start()
     await at(cluster, namespace, 0, "an empty queue again", timeout=120)
     await wait_until(autoscaling_ready, timeout=30, what="AutoscalingReady again")
+
+    # Tasks that run keep their workers: a worker takes 4 tasks (unacknowledged until done: acks late)
+    # and the queue is empty, yet the workers stay at 4 running / concurrency 2, past the cooldown.
+    for index in range(4):
+        dispatcher.enqueue(f"long-document-{index}")
+    await at(cluster, namespace, 2, "4 queued tasks")
+    from kombu import Connection
+
+    with Connection(queue.url) as connection:
+        taken = connection.SimpleQueue("celery")
+        messages = [taken.get(timeout=5) for _ in range(4)]
+        assert queue.client().llen("celery") == 0 and queue.client().hlen("unacked") == 4
+        running_since = time.monotonic()
+        held.clear()
+
+        def past_cooldowns_while_running() -> bool:
+            held.append(replicas(cluster, namespace))
+            return time.monotonic() - running_since > 3 * WORKER["cooldownPeriod"] + 15  # and one HPA sync
+
+        await wait_until(past_cooldowns_while_running, timeout=60, interval=0.5, what="cooldowns with tasks running")
+        assert set(held) == {2}, held
+        for message in messages:
+            message.ack()
+        taken.close()
+    await at(cluster, namespace, 0, "the tasks done", timeout=120)
 
     # The operator wrote none of it: the autoscalers did, through the scale subresource.
     operator_writes = [w for w in writes(cluster, namespace, since) if "deployments/" in w]

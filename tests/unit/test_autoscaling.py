@@ -100,10 +100,13 @@ def test_the_trigger_reads_the_queue_the_workers_consume_where_the_app_finds_it(
     target = autoscaling.redis_target(inst)
     assert target is not None
     scaled = autoscaling.scaled_object(inst, target)
-    trigger = scaled["spec"]["triggers"][0]
-    assert trigger["type"] == "redis"
-    # `aperag worker` consumes the queue celery (aperag/cli.py: -Q celery; celery_app: task_default_queue).
+    trigger, running = scaled["spec"]["triggers"]
+    assert trigger["type"] == running["type"] == "redis"
     assert trigger["metadata"]["listName"] == "celery" == autoscaling.QUEUE
+    assert (trigger["metadata"]["listLength"], trigger["metadata"]["activationListLength"]) == ("8", "0")
+    # The running tasks: kombu's hash of unacknowledged tasks, `concurrency` per worker pod.
+    assert running["metadata"]["listName"] == "unacked" and running["metadata"]["listLength"] == "2"
+    assert running["metadata"]["address"] == trigger["metadata"]["address"]
     # KEDA runs in its own namespace: the managed Redis by its namespaced Service name.
     assert trigger["metadata"]["address"] == "demo-redis-redis-redis.team-a.svc:6379"
     assert trigger["metadata"]["enableTLS"] == "false"
@@ -137,7 +140,7 @@ def test_an_external_redis_without_user_name_or_password() -> None:
                      "databases": {"redis": {"external": {"host": "redis"}}}})  # fmt: skip
     bare_target = autoscaling.redis_target(bare)
     assert bare_target is not None and autoscaling.trigger_authentication(bare, bare_target) is None
-    assert "authenticationRef" not in autoscaling.scaled_object(bare, bare_target)["spec"]["triggers"][0]
+    assert all("authenticationRef" not in t for t in autoscaling.scaled_object(bare, bare_target)["spec"]["triggers"])
 
 
 @pytest.mark.parametrize(
@@ -382,3 +385,18 @@ def test_desired_children_keep_replicas_of_components_not_autoscaled() -> None:
     for obj in desired_children(inst, autoscaled={"api"}):
         if obj["kind"] == "Deployment":
             assert ("replicas" in obj["spec"]) == (obj["metadata"]["name"] != "demo-api")
+
+
+def test_the_queues_are_the_apps() -> None:
+    """The operator may not import the app (a layer contract): the names it scales on are checked here."""
+    from aperag.ingest import celery_app
+
+    assert autoscaling.QUEUE == celery_app.QUEUE == celery_app.celery_app.conf.task_default_queue
+    # The periodic task goes elsewhere: it must not wake a worker scaled to zero.
+    schedule = celery_app.celery_app.conf.beat_schedule["reconcile-stuck-documents"]
+    assert schedule["options"]["queue"] == celery_app.PERIODIC_QUEUE != autoscaling.QUEUE
+    # kombu's hash of unacknowledged tasks (acks late: taken and not finished).
+    from kombu.transport.redis import Channel
+
+    assert autoscaling.UNACKED == Channel.unacked_key
+    assert celery_app.celery_app.conf.task_acks_late and celery_app.celery_app.conf.task_reject_on_worker_lost

@@ -23,8 +23,14 @@ from aperag_operator.spec.model import ApeRAGSpec, ScaleDownSpec
 
 SCALED_OBJECT_API_VERSION = "keda.sh/v1alpha1"
 HPA_API_VERSION = "autoscaling/v2"
-#: The Celery queue the workers consume (aperag.ingest.celery_app: task_default_queue; `-Q celery`).
+#: The Celery queue the workers consume (aperag.ingest.celery_app.QUEUE; a Redis list). The beat's
+#: periodic task goes to a queue of its own, which is deliberately no trigger: it wakes no worker.
 QUEUE = "celery"
+#: kombu's Redis transport keeps the tasks the workers took and have not acknowledged yet (acks late:
+#: until they finish, or until restored after a worker died) in this hash. A second trigger on it keeps
+#: as many workers as the running tasks need: KEDA does not scale to zero, nor the HPA below the busy
+#: workers, while tasks still run.
+UNACKED = "unacked"
 #: The app's Redis database setting (docs/app.md), default 0.
 REDIS_DB_VAR = "REDIS_DB"
 #: KEDA's HPA for a ScaledObject: ``keda-hpa-<ScaledObject name>`` (KEDA's default; not overridden, so it
@@ -155,19 +161,29 @@ def trigger_authentication(inst: Instance, target: RedisTarget) -> Obj | None:
 def scaled_object(inst: Instance, target: RedisTarget) -> Obj:
     """The workers' ScaledObject: a redis trigger on the Celery queue."""
     spec = inst.spec.autoscaling.worker
-    trigger: Obj = {
-        "type": "redis",
-        "metadata": {
-            "address": target.address,
-            "listName": QUEUE,
-            "listLength": str(spec.list_length),
-            "activationListLength": str(spec.activation_list_length),
-            "databaseIndex": str(queue_database_index(inst.spec)),
-            "enableTLS": "true" if target.tls else "false",
-        },
-    }
-    if target.secret is not None and target.password_key is not None:
-        trigger["authenticationRef"] = {"name": trigger_authentication_name(inst)}
+
+    def trigger(name: str, key: str, per_worker: int, activation: int) -> Obj:
+        body: Obj = {
+            "type": "redis",
+            "name": name,
+            "metadata": {
+                "address": target.address,
+                "listName": key,
+                "listLength": str(per_worker),
+                "activationListLength": str(activation),
+                "databaseIndex": str(queue_database_index(inst.spec)),
+                "enableTLS": "true" if target.tls else "false",
+            },
+        }
+        if target.secret is not None and target.password_key is not None:
+            body["authenticationRef"] = {"name": trigger_authentication_name(inst)}
+        return body
+
+    triggers = [
+        trigger("queued", QUEUE, spec.list_length, spec.activation_list_length),
+        # Each worker pod runs `concurrency` tasks at once (prefetch 1, acks late).
+        trigger("running", UNACKED, inst.spec.components.worker.concurrency, 0),
+    ]
     body: Obj = {
         "scaleTargetRef": _target(inst, "worker"),
         "pollingInterval": spec.polling_interval,
@@ -180,7 +196,7 @@ def scaled_object(inst: Instance, target: RedisTarget) -> Obj:
             "restoreToOriginalReplicaCount": False,
             "horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": scale_down_behavior(spec.scale_down)}},
         },
-        "triggers": [trigger],
+        "triggers": triggers,
     }
     if spec.fallback_replicas is not None:
         body["fallback"] = {"failureThreshold": FALLBACK_FAILURE_THRESHOLD, "replicas": spec.fallback_replicas}

@@ -126,7 +126,8 @@ def _queue_metric(inst: Instance, target: autoscaling.RedisTarget) -> str:
     worker = inst.spec.autoscaling.worker
     return (
         f"Redis list {autoscaling.QUEUE} (database {autoscaling.queue_database_index(inst.spec)}) at "
-        f"{target.address}: {worker.list_length} queued tasks per worker"
+        f"{target.address}: {worker.list_length} queued tasks per worker; running tasks "
+        f"({autoscaling.UNACKED}): {inst.spec.components.worker.concurrency} per worker"
     )
 
 
