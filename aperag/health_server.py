@@ -30,10 +30,21 @@ def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, str]]:
     return all(v == "ok" for v in results.values()), results
 
 
-def start_health_server(host: str, port: int, checks: Mapping[str, Check]) -> ThreadingHTTPServer:
+def start_health_server(
+    host: str, port: int, checks: Mapping[str, Check], metrics: Callable[[], tuple[bytes, str]] | None = None
+) -> ThreadingHTTPServer:
+    """``metrics``: the Prometheus text and its content type, served at ``/metrics`` (the worker's)."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/health/live":
+            if self.path == "/metrics" and metrics is not None:
+                body, content_type = metrics()
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path == "/health/live":
                 self._reply(200, {"status": "ok"})
             elif self.path == "/health/ready":
                 ready, results = run_checks(checks)
@@ -54,5 +65,6 @@ def start_health_server(host: str, port: int, checks: Mapping[str, Check]) -> Th
 
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="health-server", daemon=True).start()
-    log.info("health endpoints on %s:%d (/health/live, /health/ready)", host, server.server_address[1])
+    served = "/health/live, /health/ready" + (", /metrics" if metrics is not None else "")
+    log.info("health endpoints on %s:%d (%s)", host, server.server_address[1], served)
     return server

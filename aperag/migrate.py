@@ -9,7 +9,11 @@ Kubernetes termination-message file, so the operator reads the schema revision r
 
 A run is one transaction: every revision of it, and the ``alembic_version`` row, commit together or not
 at all (PostgreSQL has transactional DDL). A revision that fails part-way therefore leaves the schema
-exactly where the run found it, and the report says so (``changed: false``).
+exactly where the run found it, and the report says so (``changed: false``). The one exception is
+Alembic's ``autocommit_block`` (for statements PostgreSQL refuses inside a transaction, such as
+``CREATE INDEX CONCURRENTLY``): it commits everything the run did before it, so a failure after it
+leaves the schema at the last revision stamped before the block, and the report says ``changed: true``
+with that revision as ``current`` (the operator then downgrades).
 """
 
 from __future__ import annotations
@@ -216,16 +220,18 @@ def run(url: str, action: Action, target: str) -> Report:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             try:
-                # An outer transaction: Alembic sees it and runs every revision inside it.
-                with conn.begin():
-                    if action == "upgrade":
-                        command.upgrade(cfg, target)
-                    else:
-                        command.downgrade(cfg, target)
+                # Alembic opens the run's one transaction (env.py) and rolls it back on an error. It
+                # owns it, so a revision's autocommit_block (CREATE INDEX CONCURRENTLY) can commit
+                # what ran before it, as Alembic documents.
+                if action == "upgrade":
+                    command.upgrade(cfg, target)
+                else:
+                    command.downgrade(cfg, target)
                 report.ok = True
             except OperationalError:
                 raise
             except Exception as exc:  # a revision or Alembic refused: the transaction rolled back
+                conn.rollback()
                 report.reason, report.message = _classify(exc, script, report.before)
             report.current = current_revisions(conn)
             conn.commit()

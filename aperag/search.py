@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import select
 
-from aperag import metrics
+from aperag import metrics, telemetry
 from aperag.context import AppContext
 from aperag.db.models import Chunk, Document, DocumentStatus
 from aperag.embedding import embed_query
@@ -121,14 +121,19 @@ def search(
     if mode in ("vector", "hybrid"):
         if query_vector is None:
             t0 = time.perf_counter()
-            query_vector = embed_query(ctx.embedder, query, ctx.settings.query_embedding_batch)
+            with telemetry.span("embedding.embed_query", {"aperag.embedding.model": ctx.settings.embedding_model}):
+                query_vector = embed_query(ctx.embedder, query, ctx.settings.query_embedding_batch)
             timings["embed_query"] = (time.perf_counter() - t0) * 1000
+            metrics.EMBEDDING_SECONDS.labels("query").observe(timings["embed_query"] / 1000)
+            metrics.EMBEDDED_TEXTS.labels("query").inc()
         t1 = time.perf_counter()
-        vector_hits = ctx.vector_store.search(collection_id, query_vector, depth)
+        with metrics.timed_store("vector", "search", ctx.settings.vector_db_type, top_k=depth):
+            vector_hits = ctx.vector_store.search(collection_id, query_vector, depth)
         timings["vector_store"] = (time.perf_counter() - t1) * 1000
     if mode in ("fulltext", "hybrid"):
         t0 = time.perf_counter()
-        text = ctx.fulltext_store.search(collection_id, query, depth)
+        with metrics.timed_store("fulltext", "search", ctx.settings.fulltext_type, top_k=depth):
+            text = ctx.fulltext_store.search(collection_id, query, depth)
         timings["fulltext_store"] = (time.perf_counter() - t0) * 1000
     if mode == "vector":
         ranked = vector_hits

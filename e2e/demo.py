@@ -7,6 +7,13 @@ until it is Ready. Then an upgrade (0.5.0 -> 0.6.0: migration Job, rollout, heal
 automatic rollback (0.7.0, whose migration fails: the downgrade runs, 0.6.0 keeps serving), told by the
 resource's status and Events. kwok runs no container: the migration reports are played through the
 test-only pod annotations of `spec.upgrade.migrationJob` (docs/design.md).
+
+`make demo REAL_NODE=1` (``--real-node``; the cluster then has a real kubelet node) goes on with
+real containers: the app image in the versions of the real-node tests (tests/realnode/images.py) is
+imported into the node, a PostgreSQL (pgvector) and a redis-server start on 127.0.0.1, the test webhook
+places the pods on the real node (tests/harness/realnode.py), and an ApeRAG is installed (1.0.0),
+upgraded (1.1.0: a real migration Job, real pods roll), then upgraded to a version whose migration
+fails part-way (1.2.0): the Job fails for real and the operator downgrades the schema with that image.
 """
 
 from __future__ import annotations
@@ -65,7 +72,8 @@ def start_background(name: str, argv: list[str], env: dict[str, str]) -> None:
 
 def stop_background() -> None:
     """Stops the processes the demo started: the pids in its pid files, if they still run our module."""
-    for name, module in (("operator", "aperag_operator"), ("kubeblocks-simulator", "run_kubeblocks")):
+    for name, module in (("operator", "aperag_operator"), ("kubeblocks-simulator", "run_kubeblocks"),
+                         ("placement-webhook", "tests.harness.realnode"), ("redis", "redis-server")):  # fmt: skip
         pid_file = STATE / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -78,12 +86,151 @@ def stop_background() -> None:
             os.kill(pid, signal.SIGTERM)
             print(f"[demo] stopped {name} ({pid})")
         pid_file.unlink()
+    postmaster = STATE / "demo-postgres" / "data" / "postmaster.pid"
+    if postmaster.exists():  # the real-node demo's PostgreSQL: a fast shutdown by its pid
+        pid = int(postmaster.read_text().split()[0])
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            exe = ""
+        if exe.endswith("/postgres"):
+            os.kill(pid, signal.SIGINT)
+            wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, what="PostgreSQL to stop")
+            print(f"[demo] stopped PostgreSQL ({pid})")
+
+
+# --- the real node (--real-node) --------------------------------------------------------------
+
+
+def real_node_demo(env: dict[str, str]) -> None:
+    """Install, upgrade and an automatic rollback with real containers on the real node."""
+    sys.path.insert(0, str(ROOT))
+    import socket
+
+    from aperag.embedded_pg import EmbeddedPostgres
+    from e2e.controlplane import realnode
+    from e2e.controlplane.localcluster import ClusterInfo
+    from images.build import build_all
+    from tests.harness.realnode import PLACE_LABEL
+    from tests.realnode import images
+
+    info = ClusterInfo.load(STATE)
+    if info.real_node is None:
+        raise SystemExit("demo: the cluster has no real node; `make cluster-down` then `make demo REAL_NODE=1`")
+    print("\n== the real node: app images (1.0.0 and the test versions 1.1.0, 1.2.0) into its containerd")
+    test_images = images.build(build_all()["app"])
+    realnode.import_images(info.real_node, test_images.archive, list(test_images.refs.values()))
+
+    pg_data = STATE / "demo-postgres" / "data"
+    postgres = EmbeddedPostgres(pg_data, port=int((STATE / "demo-postgres.port").read_text())
+                                if (STATE / "demo-postgres.port").exists() else None)  # fmt: skip
+    if not (pg_data / "postmaster.pid").exists():
+        pg_data.parent.mkdir(parents=True, exist_ok=True)
+        postgres.start()
+        (STATE / "demo-postgres.port").write_text(str(postgres.port))
+    database = f"demo_{int(time.time())}"
+    postgres.create_database(database)
+    print(f"== PostgreSQL (pgvector) on 127.0.0.1:{postgres.port}, database {database}")
+    redis_port_file = STATE / "redis.port"
+    if not (STATE / "redis.pid").exists():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            redis_port_file.write_text(str(sock.getsockname()[1]))
+    redis_port = int(redis_port_file.read_text())
+    start_background("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(STATE)], env)  # fmt: skip
+    start_background("placement-webhook", [sys.executable, "-m", "tests.harness.realnode", "--state-dir", str(STATE)],
+                     env)  # fmt: skip
+    wait_for(lambda: kubectl("get", "mutatingwebhookconfiguration", "real-node.test.aperag.io", check=False)
+             .returncode == 0, timeout=60, what="the placement webhook")  # fmt: skip
+
+    name, namespace = "real", "real-node-demo"
+    kubectl("create", "namespace", namespace, check=False)
+    for secret in ({"name": "pg-credentials", "data": {"username": postgres.user, "password": ""}},
+                   {"name": "api-keys", "data": {"apiKeys": "demo-key"}}):  # fmt: skip
+        manifest = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret["name"], "namespace": namespace},
+                    "stringData": secret["data"]}  # fmt: skip
+        subprocess.run([KUBECTL, f"--kubeconfig={STATE / 'admin.kubeconfig'}", "apply", "-f", "-"],
+                       input=json.dumps(manifest), text=True, check=True, capture_output=True)  # fmt: skip
+    place = {PLACE_LABEL: "true"}
+
+    def apply(version: str) -> None:
+        body = {
+            "apiVersion": "aperag.io/v1alpha1", "kind": "ApeRAG", "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "version": version,
+                "image": {"repository": images.REPOSITORY, "pullPolicy": "Never"},
+                "components": {"api": {"replicas": 1, "podLabels": place}, "worker": {"replicas": 0},
+                               "beat": {"enabled": False}, "frontend": {"enabled": False}},
+                "app": {"apiKeysSecret": {"name": "api-keys", "key": "apiKeys"}},
+                "databases": {
+                    "postgresql": {"external": {"host": "127.0.0.1", "port": postgres.port, "database": database,
+                                                "credentialsSecretRef": {"name": "pg-credentials"}}},
+                    "redis": {"external": {"host": "127.0.0.1", "port": redis_port}},
+                },
+                "upgrade": {"progressDeadlineSeconds": 120, "migrationJob": {"podLabels": place}},
+            },
+        }  # fmt: skip
+        subprocess.run([KUBECTL, f"--kubeconfig={STATE / 'admin.kubeconfig'}", "apply", "--server-side",
+                        "--force-conflicts", "-f", "-"], input=json.dumps(body), text=True, check=True,
+                       capture_output=True)  # fmt: skip
+
+    def upgrade_status() -> dict[str, Any]:
+        result = kubectl("get", "aperag", name, "-n", namespace, "-o", "json", check=False)
+        status: dict[str, Any] = json.loads(result.stdout).get("status", {}) if result.returncode == 0 else {}
+        return status
+
+    def follow(version: str, phase: str) -> None:
+        seen: set[str] = set()
+
+        def done() -> bool:
+            upgrade = upgrade_status().get("upgrade") or {}
+            step = f"{upgrade.get('phase')}: {upgrade.get('message', '')}".strip(": ")
+            if upgrade and step not in seen:
+                seen.add(step)
+                print(f"   {step}")
+            return bool(upgrade.get("phase") == phase and (upgrade.get("target") or {}).get("version") == version)
+
+        wait_for(done, timeout=600, what=f"{name} {phase} on {version}")
+
+    def show(title: str) -> None:
+        print(f"\n-- {title}")
+        print(kubectl("get", "aperag,jobs,pods", "-n", namespace, "-o", "wide").stdout)
+        for h in upgrade_status().get("history", []):
+            print(f"   history: {h['version']} revision={h.get('revision')} {h['operation']} {h['outcome']}"
+                  f"{' (' + h['reason'] + ')' if h.get('reason') else ''}")  # fmt: skip
+
+    def job_logs(action: str, version: str) -> None:
+        jobs = json.loads(kubectl("get", "jobs", "-n", namespace, "-l", f"aperag.io/migration-action={action}",
+                                  "-o", "json").stdout)["items"]  # fmt: skip
+        for job in jobs:
+            if job["spec"]["template"]["spec"]["containers"][0]["image"] == images.ref(version):
+                print(f"\n-- kubectl logs job/{job['metadata']['name']} ({action}, {version})")
+                print(kubectl("logs", "-n", namespace, f"job/{job['metadata']['name']}").stdout.rstrip())
+
+    print(f"\n== install {images.V1} on the real node: a real migration Job, then the API")
+    apply(images.V1)
+    follow(images.V1, "Complete")
+    job_logs("upgrade", images.V1)
+    show(f"{images.V1} installed")
+    print(f"\n== upgrade to {images.V2}: its migration adds a revision; the pods roll")
+    apply(images.V2)
+    follow(images.V2, "Complete")
+    show(f"{images.V2} running")
+    print(f"\n== upgrade to {images.V3}: its migration commits part of its work, then fails")
+    apply(images.V3)
+    follow(images.V3, "Failed")
+    job_logs("upgrade", images.V3)
+    job_logs("downgrade", images.V3)
+    show(f"rolled back to {images.V2}")
+    print(f"\n   {(upgrade_status().get('upgrade') or {}).get('message', '')}")
 
 
 def main() -> int:
     if sys.argv[1:] == ["stop"]:
         stop_background()
         return 0
+    real_node = "--real-node" in sys.argv[1:]
     if not (STATE / "cluster.json").exists():
         print("demo: no local cluster; run `make cluster-up` first", file=sys.stderr)
         return 1
@@ -145,12 +292,14 @@ def main() -> int:
     print(f"== waiting for aperag/{name} to become Ready")
     wait_for(report_and_check_ready, timeout=180, what=f"aperag/{name} Ready")
     print()
+    if real_node:
+        print(kubectl("get", "aperag,clusters.apps.kubeblocks.io,deploy,svc", "-n", NAMESPACE).stdout)
+        real_node_demo(env)
+        return 0
     print(kubectl("get", "aperag,clusters.apps.kubeblocks.io,deploy,svc,jobs", "-n", NAMESPACE).stdout)
 
     print("== upgrade: spec.version 0.5.0 -> 0.6.0 (the migration adds revision 0003)")
-    upgrade(
-        name, "0.6.0", {"kwok.aperag.io/termination-message-upgrade": migration_report("upgrade", ["0002"], ["0003"])}
-    )
+    upgrade(name, "0.6.0", {"kwok.aperag.io/termination-message": migration_report("upgrade", ["0002"], ["0003"])})
     told: set[str] = set()
     follow(name, "0.6.0", "Complete", told)
     print("== automatic rollback: 0.7.0, whose migration fails part-way")
@@ -158,13 +307,12 @@ def main() -> int:
         name,
         "0.7.0",
         {
-            "kwok.aperag.io/termination-message-upgrade": migration_report("upgrade", ["0003"], ["0004"], ok=False),
+            "kwok.aperag.io/termination-message": migration_report("upgrade", ["0003"], ["0004"], ok=False),
             "kwok.aperag.io/termination-message-downgrade": migration_report("downgrade", ["0004"], ["0003"]),
         },
         labels={"kwok.aperag.io/fail-upgrade": "true"},
     )
     follow(name, "0.6.0", "Failed", told)
-    print(kubectl("get", "aperag", name, "-n", NAMESPACE).stdout)
     print(f"export KUBECONFIG={STATE / 'admin.kubeconfig'}   # then: make cluster-down")
     return 0
 

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 
-from aperag import metrics, services
+from aperag import metrics, services, telemetry
 from aperag.api.schemas import (
     CollectionCreate,
     CollectionOut,
@@ -46,8 +46,6 @@ from aperag.search import SearchResponse, search
 from aperag.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
-# A no-op tracer unless aperag.telemetry.setup_tracing installed a provider.
-_tracer = trace.get_tracer("aperag.api")
 # Module level: route signatures are resolved against module globals (postponed annotations).
 _bearer = HTTPBearer(auto_error=False)
 
@@ -169,10 +167,18 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        with _tracer.start_as_current_span(f"{request.method} {request.url.path}"):
+        # A server span per request, continuing the caller's trace (W3C traceparent), named by route.
+        parent = telemetry.extract(request.headers)
+        attributes = {"http.request.method": request.method, "url.path": request.url.path}
+        with telemetry.span(request.method, attributes, kind=trace.SpanKind.SERVER, context=parent) as current:
             response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            current.update_name(f"{request.method} {template}")
+            current.set_attribute("http.route", template)
+            current.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 500:
+                current.set_status(trace.StatusCode.ERROR)
         metrics.HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
         return response
@@ -311,8 +317,13 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         pending = await _submit_query(body.query) if body.mode in ("vector", "hybrid") else None
         vector = None
         if pending is not None:
-            vector = await asyncio.wrap_future(pending)
+            model = {"aperag.embedding.backend": ctx.settings.embedding_backend,
+                     "aperag.embedding.model": ctx.settings.embedding_model}  # fmt: skip
+            with telemetry.span("embedding.embed_query", model):
+                vector = await asyncio.wrap_future(pending)
             embedded_ms = (time.perf_counter() - started) * 1000
+            metrics.EMBEDDING_SECONDS.labels("query").observe(embedded_ms / 1000)
+            metrics.EMBEDDED_TEXTS.labels("query").inc()
 
         def lookup_and_search() -> SearchResponse:
             # One hop to the thread pool for all the database work of the request.

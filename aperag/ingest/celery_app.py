@@ -62,14 +62,21 @@ def worker_context() -> AppContext:
     name="aperag.index_document", bind=True, acks_late=True, max_retries=_settings.task_max_retries
 )
 def index_document_task(self: Any, document_id: str) -> str:
+    from opentelemetry.trace import SpanKind
+
     from aperag.ingest.pipeline import TransientIngestionError, index_document
+    from aperag.telemetry import extract, span, task_headers
 
     final = self.request.retries >= self.max_retries
-    try:
-        return index_document(worker_context(), document_id, final_attempt=final)
-    except TransientIngestionError as exc:
-        countdown = min(_settings.task_retry_backoff_max, 2 ** (self.request.retries + 1))
-        raise self.retry(exc=exc, countdown=countdown) from exc
+    # A child of the upload's span: the trace follows the document from the API into this task.
+    attributes = {"aperag.document.id": document_id, "messaging.system": "celery", "celery.retries": self.request.retries}  # noqa: E501
+    parent = extract(task_headers(self.request))
+    with span("aperag.index_document", attributes, kind=SpanKind.CONSUMER, context=parent):
+        try:
+            return index_document(worker_context(), document_id, final_attempt=final)
+        except TransientIngestionError as exc:
+            countdown = min(_settings.task_retry_backoff_max, 2 ** (self.request.retries + 1))
+            raise self.retry(exc=exc, countdown=countdown) from exc
 
 
 @celery_app.task(name="aperag.reconcile")  # type: ignore[untyped-decorator]

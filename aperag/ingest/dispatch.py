@@ -29,7 +29,10 @@ class CeleryDispatcher:
         self.producer.conf.update(task_default_queue="celery", broker_connection_retry_on_startup=True)
 
     def enqueue(self, document_id: str) -> None:
-        self.producer.send_task("aperag.index_document", args=[document_id], queue="celery")
+        from aperag.telemetry import inject
+
+        # The trace context of the upload rides in the message: the worker's task span continues it.
+        self.producer.send_task("aperag.index_document", args=[document_id], queue="celery", headers=inject())
 
     def queue_depth(self) -> int:
         import redis
@@ -55,6 +58,8 @@ class InProcessDispatcher:
         self.ctx = ctx
         self.max_retries = max_retries
         self._queue: queue.Queue[str] = queue.Queue()
+        #: The trace context each queued document was uploaded in (its indexing continues that trace).
+        self._contexts: dict[str, dict[str, str]] = {}
         self._tracked: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -66,6 +71,9 @@ class InProcessDispatcher:
             if self._stop.is_set() or document_id in self._tracked:
                 return
             self._tracked.add(document_id)
+            from aperag.telemetry import inject
+
+            self._contexts[document_id] = inject()
         self._queue.put(document_id)
 
     def tracked(self) -> set[str]:
@@ -79,8 +87,16 @@ class InProcessDispatcher:
                 document_id = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
+            with self._lock:
+                carrier = self._contexts.pop(document_id, {})
             try:
-                self._run(document_id)
+                from opentelemetry.trace import SpanKind
+
+                from aperag.telemetry import extract, span
+
+                attributes = {"aperag.document.id": document_id}
+                with span("aperag.index_document", attributes, kind=SpanKind.CONSUMER, context=extract(carrier)):
+                    self._run(document_id)
             finally:
                 with self._lock:
                     self._tracked.discard(document_id)

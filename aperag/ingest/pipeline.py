@@ -18,11 +18,12 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from aperag import metrics
+from aperag import metrics, telemetry
 from aperag.chunking import TextChunk, chunk_text
 from aperag.context import AppContext
 from aperag.db.models import Chunk, Document, DocumentStatus, chunk_id
@@ -203,6 +204,19 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise IngestionCancelled("shutting down")
 
 
+def embed_documents(ctx: AppContext, texts: list[str]) -> Any:
+    """One call of the embedding model over a batch of chunks (a span, a duration sample)."""
+    started = time.perf_counter()
+    settings = ctx.settings
+    attributes = {"aperag.embedding.backend": settings.embedding_backend,
+                  "aperag.embedding.model": settings.embedding_model, "aperag.embedding.texts": len(texts)}  # fmt: skip
+    with telemetry.span("embedding.embed", attributes):
+        vectors = ctx.embedder.embed(texts)
+    metrics.EMBEDDING_SECONDS.labels("documents").observe(time.perf_counter() - started)
+    metrics.EMBEDDED_TEXTS.labels("documents").inc(len(texts))
+    return vectors
+
+
 def _parse(ctx: AppContext, doc: _Claimed) -> list[TextChunk]:
     s = ctx.settings
     content = extract_text(ctx.object_store.get(doc.object_key), doc.content_type, ParseLimits.from_settings(s))
@@ -219,7 +233,8 @@ def _index_batch(ctx: AppContext, batch: list[_Claimed], cancel: threading.Event
     for doc in batch:
         _check_cancel(cancel)
         try:
-            parsed.append((doc, _parse(ctx, doc)))
+            with telemetry.span("ingest.parse", {"aperag.document.id": doc.id, "aperag.content_type": doc.content_type or ""}):  # noqa: E501
+                parsed.append((doc, _parse(ctx, doc)))
         except (UnparsableDocument, UnsupportedDocument, FileNotFoundError) as exc:
             _fail(ctx, doc.id, f"{type(exc).__name__}: {exc}")
             outcome[doc.id] = "failed"
@@ -234,9 +249,11 @@ def _index_batch(ctx: AppContext, batch: list[_Claimed], cancel: threading.Event
         _check_cancel(cancel)
         part = flat[start : start + step]
         indexed = [IndexedChunk(chunk_id(d.id, p.ordinal), d.id, d.collection_id, p.text) for d, p in part]
-        vectors = ctx.embedder.embed([p.text for _, p in part])
-        ctx.vector_store.upsert(indexed, vectors)
-        ctx.fulltext_store.upsert(indexed)
+        vectors = embed_documents(ctx, [p.text for _, p in part])
+        with metrics.timed_store("vector", "upsert", ctx.settings.vector_db_type, chunks=len(indexed)):
+            ctx.vector_store.upsert(indexed, vectors)
+        with metrics.timed_store("fulltext", "upsert", ctx.settings.fulltext_type, chunks=len(indexed)):
+            ctx.fulltext_store.upsert(indexed)
         for c, (d, p) in zip(indexed, part, strict=True):
             rows[d.id].append(
                 Chunk(
@@ -294,11 +311,24 @@ def index_document(
     set (the batch is then back to `pending`). Any other failure marks the documents `failed` with
     the reason: a document never stays `indexing` because of an error.
     """
+    started = time.perf_counter()
+    outcome = "failed"
     try:
-        return _index_with_companions(ctx, document_id, final_attempt, cancel)
+        outcome = _index_with_companions(ctx, document_id, final_attempt, cancel)
+        return outcome
+    except TransientIngestionError:
+        outcome = "retry"
+        raise
+    except IngestionCancelled:
+        outcome = "cancelled"
+        raise
     except _transient_types() as exc:
         # The database went away before (or while) anything was claimed or recorded.
+        outcome = "retry"
         raise TransientIngestionError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        metrics.INGESTION_TASKS.labels(outcome).inc()
+        metrics.INGESTION_TASK_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
 
 def _index_with_companions(
@@ -369,7 +399,8 @@ def reconcile(
 ) -> dict[str, int]:
     """Re-dispatch documents stuck in pending/indexing (a lost task, a killed worker or process);
     give up on those that already used all their attempts. `exclude`: documents the caller knows to
-    be queued or running in this very process."""
+    be queued or running in this very process. Then bring the full-text index up to date with what the
+    previous release's pods wrote during a rollout (`FulltextStore.sync`; one query when nothing)."""
     older = ctx.settings.stuck_after_seconds if older_than_seconds is None else older_than_seconds
     requeued = failed = 0
     for document_id, attempts in stuck_documents(ctx, older, exclude):
@@ -381,6 +412,9 @@ def reconcile(
         if ctx.dispatcher is not None:
             ctx.dispatcher.enqueue(document_id)
         requeued += 1
-    return {"requeued": requeued, "failed": failed}
+    synced = ctx.fulltext_store.sync()
+    if synced:
+        log.info("indexed %d chunks the previous release wrote to the tsvector table", synced)
+    return {"requeued": requeued, "failed": failed, "fulltext_synced": synced}
 
 

@@ -1,6 +1,7 @@
 """Alembic environment. Always driven from aperag.migrate, which passes an open connection that
-already holds the migration advisory lock and is inside the run's one transaction (so Alembic opens no
-transaction of its own: every revision of a run commits together or not at all)."""
+already holds the migration advisory lock and no transaction: Alembic opens the run's one transaction
+(``transaction_per_migration=False``: every revision of a run commits together or not at all, except
+what a revision's ``autocommit_block`` commits, see aperag.migrate)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         context.configure(
-            connection=connection, target_metadata=target_metadata, transaction_per_migration=True
+            connection=connection, target_metadata=target_metadata, transaction_per_migration=False
         )
         with context.begin_transaction():
             context.run_migrations()

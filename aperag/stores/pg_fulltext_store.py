@@ -2,8 +2,8 @@
 
 PostgreSQL's own ranking (`ts_rank_cd`) has no IDF and no length normalisation: on real text a query
 word found in half the collection counts as much as an identifier found in one chunk
-(docs/benchmarks.md). So this store keeps its own inverted index in four tables, written in the same
-transaction as the chunk:
+(docs/benchmarks.md). So this store keeps its own inverted index in four tables (created by Alembic
+revision 0003), written in the same transaction as the chunk:
 
 - `fts_chunks`: one row per chunk (a bigint number, its length in terms);
 - `fts_terms`: per collection and term, the document frequency `df` (chunks containing it);
@@ -26,6 +26,12 @@ Query cost is bounded, and the ranking exact whenever that is cheap to guarantee
    shortest chunk first), read in that order from an index; the best RESCORE_POOL chunks of that
    partial sum are then scored with every term. The order among candidates is exact BM25; which
    chunks become candidates is the (bounded) approximation.
+
+Compatibility with the previous release (docs/app.md, "Full-text tables across releases"): every write
+also goes, in the same transaction, to the tsvector table `fulltext_chunks` that release reads and
+writes, so its pods keep finding every document during a rollout and after a rollback. Rows its pods
+write there are queued in `fts_pending` by a trigger and indexed by `sync` (run by the reconciler and
+by `migrate upgrade`).
 """
 
 from __future__ import annotations
@@ -52,29 +58,21 @@ POSTINGS_BUDGET = 5_000
 POSTINGS_PER_TERM = 4_000
 # ... and the best this-many chunks of that partial sum are scored again with all terms.
 RESCORE_POOL = 200
-# The table of the tsvector store this one replaced; ensure_schema moves its rows over, then drops it.
+# The tsvector table of the previous release: written alongside the BM25 tables until the contract
+# release drops it (docs/app.md).
 LEGACY_TABLE = "fulltext_chunks"
-# Transaction-level advisory lock key for the one-time move ("ftsmig" in ASCII).
-_MIGRATION_LOCK = 0x6674736D6967
-
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS fts_collections ("
-    " collection_id varchar(32) PRIMARY KEY, chunks bigint NOT NULL, total_length bigint NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS fts_terms ("
-    " id bigserial PRIMARY KEY, collection_id varchar(32) NOT NULL, term text NOT NULL, df integer NOT NULL,"
-    " CONSTRAINT uq_fts_terms UNIQUE (collection_id, term))",
-    "CREATE TABLE IF NOT EXISTS fts_chunks ("
-    " id bigserial PRIMARY KEY, chunk_id varchar(36) NOT NULL UNIQUE, document_id varchar(32) NOT NULL,"
-    " collection_id varchar(32) NOT NULL, length integer NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS ix_fts_chunks_document ON fts_chunks (document_id)",
-    "CREATE INDEX IF NOT EXISTS ix_fts_chunks_collection ON fts_chunks (collection_id)",
-    # Probing a chunk's terms and deleting a chunk use the primary key; a term's postings are read
-    # from the second index, highest term frequency first (covering: index-only scans).
-    "CREATE TABLE IF NOT EXISTS fts_postings ("
-    " term_id bigint NOT NULL, chunk_no bigint NOT NULL, tf integer NOT NULL, length integer NOT NULL,"
-    " PRIMARY KEY (chunk_no, term_id) INCLUDE (tf, length))",
-    "CREATE INDEX IF NOT EXISTS ix_fts_postings_impact ON fts_postings (term_id, tf DESC, length) INCLUDE (chunk_no)",
-]
+# Chunk ids written to LEGACY_TABLE by code that does not maintain the BM25 tables (filled by a trigger).
+PENDING_TABLE = "fts_pending"
+# Set for the transaction by this store's writes: the trigger then does not queue them.
+DUAL_WRITE_SETTING = "aperag.fts_dual_write"
+# Transaction-level advisory lock ("ftsmig" in ASCII): writes take it shared, `sync` alone, so a chunk
+# being indexed from the queue is never written by this release at the same time.
+_SYNC_LOCK = 0x6674736D6967
+# `sync` indexes the queue in transactions of this many chunks, at most SYNC_MAX_BATCHES per call.
+SYNC_BATCH = 500
+SYNC_MAX_BATCHES = 200
+# Rows read at a time from LEGACY_TABLE when the upgrade indexes it (it may not fit in memory).
+BACKFILL_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -92,6 +90,170 @@ def idf(chunks: int, df: int) -> float:
     return math.log(1.0 + (chunks - df + 0.5) / (df + 0.5))
 
 
+def insert_chunks(conn: Connection, chunks: list[IndexedChunk]) -> None:
+    """Add chunks (not yet in the index) to the BM25 tables and their statistics."""
+    if not chunks:
+        return
+    freqs = [Counter(analyze(c.text)) for c in chunks]
+    lengths = [sum(f.values()) for f in freqs]
+    numbers: dict[str, int] = dict(
+        conn.execute(
+            text(
+                "INSERT INTO fts_chunks (chunk_id, document_id, collection_id, length) "
+                "SELECT * FROM unnest(CAST(:c AS varchar[]), CAST(:d AS varchar[]), CAST(:col AS varchar[]),"
+                " CAST(:n AS integer[])) RETURNING chunk_id, id"
+            ),
+            {
+                "c": [c.chunk_id for c in chunks],
+                "d": [c.document_id for c in chunks],
+                "col": [c.collection_id for c in chunks],
+                "n": lengths,
+            },
+        ).all()
+    )
+    by_collection: dict[str, list[int]] = defaultdict(list)
+    for i, chunk in enumerate(chunks):
+        by_collection[chunk.collection_id].append(i)
+    for collection_id in sorted(by_collection):
+        members = by_collection[collection_id]
+        df: Counter[str] = Counter()
+        for i in members:
+            df.update(freqs[i].keys())
+        terms = sorted(df)
+        # Sorted, so concurrent writers lock the rows of shared terms in the same order.
+        term_ids: dict[str, int] = dict(
+            conn.execute(
+                text(
+                    "INSERT INTO fts_terms (collection_id, term, df) "
+                    "SELECT :col, t, n FROM unnest(CAST(:t AS text[]), CAST(:n AS integer[])) AS u(t, n) "
+                    "ORDER BY t "
+                    "ON CONFLICT (collection_id, term) DO UPDATE SET df = fts_terms.df + EXCLUDED.df "
+                    "RETURNING term, id"
+                ),
+                {"col": collection_id, "t": terms, "n": [df[t] for t in terms]},
+            ).all()
+        )
+        posting_terms: list[int] = []
+        posting_chunks: list[int] = []
+        posting_tf: list[int] = []
+        posting_len: list[int] = []
+        for i in members:
+            for term, tf in freqs[i].items():
+                posting_terms.append(term_ids[term])
+                posting_chunks.append(numbers[chunks[i].chunk_id])
+                posting_tf.append(tf)
+                posting_len.append(lengths[i])
+        conn.execute(
+            text(
+                "INSERT INTO fts_postings (term_id, chunk_no, tf, length) "
+                "SELECT * FROM unnest(CAST(:t AS bigint[]), CAST(:c AS bigint[]), CAST(:f AS integer[]),"
+                " CAST(:n AS integer[]))"
+            ),
+            {"t": posting_terms, "c": posting_chunks, "f": posting_tf, "n": posting_len},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO fts_collections (collection_id, chunks, total_length) VALUES (:col, :n, :len) "
+                "ON CONFLICT (collection_id) DO UPDATE SET chunks = fts_collections.chunks + EXCLUDED.chunks,"
+                " total_length = fts_collections.total_length + EXCLUDED.total_length"
+            ),
+            {"col": collection_id, "n": len(members), "len": sum(lengths[i] for i in members)},
+        )
+
+
+def delete_chunks_where(conn: Connection, condition: str, value: object) -> None:
+    """Delete the chunks matching `condition` on fts_chunks and take them out of the statistics."""
+    gone = conn.execute(
+        text(f"DELETE FROM fts_chunks WHERE {condition} RETURNING id, collection_id, length"), {"v": value}
+    ).all()
+    if not gone:
+        return
+    removed_terms = Counter(
+        row[0]
+        for row in conn.execute(
+            text("DELETE FROM fts_postings WHERE chunk_no = ANY(:c) RETURNING term_id"),
+            {"c": [row[0] for row in gone]},
+        )
+    )
+    ids = list(removed_terms)
+    # Lock in the order writers use (collection, term) so a concurrent insert cannot deadlock us.
+    conn.execute(
+        text("SELECT 1 FROM fts_terms WHERE id = ANY(:ids) ORDER BY collection_id, term FOR UPDATE"),
+        {"ids": ids},
+    )
+    conn.execute(
+        text(
+            "UPDATE fts_terms SET df = fts_terms.df - u.n "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:n AS integer[])) AS u(id, n) WHERE fts_terms.id = u.id"
+        ),
+        {"ids": ids, "n": [removed_terms[i] for i in ids]},
+    )
+    conn.execute(text("DELETE FROM fts_terms WHERE id = ANY(:ids) AND df <= 0"), {"ids": ids})
+    per_collection: dict[str, tuple[int, int]] = {}
+    for _, collection_id, length in gone:
+        n, total = per_collection.get(collection_id, (0, 0))
+        per_collection[collection_id] = (n + 1, total + length)
+    for collection_id in sorted(per_collection):
+        n, total = per_collection[collection_id]
+        conn.execute(
+            text(
+                "UPDATE fts_collections SET chunks = chunks - :n, total_length = total_length - :len "
+                "WHERE collection_id = :col"
+            ),
+            {"col": collection_id, "n": n, "len": total},
+        )
+
+
+def _begin_write(conn: Connection) -> None:
+    """This store's writes: the trigger on the tsvector table must not queue them (they write the BM25
+    tables themselves), and they wait while `sync` indexes the queue."""
+    conn.execute(
+        text("SELECT set_config(:s, 'on', true), pg_advisory_xact_lock_shared(:k)"),
+        {"s": DUAL_WRITE_SETTING, "k": _SYNC_LOCK},
+    )
+
+
+def write_legacy(conn: Connection, chunks: list[IndexedChunk]) -> None:
+    """The chunks in the previous release's tsvector table, as it wrote them (its generated column
+    computes the tsvector)."""
+    conn.execute(
+        text(
+            f"INSERT INTO {LEGACY_TABLE} (chunk_id, document_id, collection_id, text) "
+            "SELECT * FROM unnest(CAST(:c AS varchar[]), CAST(:d AS varchar[]), CAST(:col AS varchar[]),"
+            " CAST(:t AS text[])) ON CONFLICT (chunk_id) DO UPDATE SET text = EXCLUDED.text"
+        ),
+        {
+            "c": [c.chunk_id for c in chunks],
+            "d": [c.document_id for c in chunks],
+            "col": [c.collection_id for c in chunks],
+            "t": [c.text for c in chunks],
+        },
+    )
+
+
+def index_legacy_rows(conn: Connection) -> int:
+    """Index into the BM25 tables every row of the tsvector table they do not hold yet; returns how
+    many. Revision 0003 runs it in the migration's transaction (the upgrade from the previous release)."""
+    # A server-side cursor: the table may not fit in memory. Its snapshot is taken once, so the rows
+    # inserted meanwhile do not disturb it.
+    result = conn.execute(
+        text(
+            f"SELECT l.chunk_id, l.document_id, l.collection_id, l.text FROM {LEGACY_TABLE} l"
+            " WHERE NOT EXISTS (SELECT 1 FROM fts_chunks f WHERE f.chunk_id = l.chunk_id) ORDER BY l.chunk_id"
+        ).execution_options(stream_results=True, max_row_buffer=BACKFILL_BATCH)
+    )
+    done = 0
+    batch: list[IndexedChunk] = []
+    for row in result:
+        batch.append(IndexedChunk(row[0], row[1], row[2], row[3]))
+        if len(batch) == BACKFILL_BATCH:
+            insert_chunks(conn, batch)
+            done += len(batch)
+            batch = []
+    insert_chunks(conn, batch)
+    return done + len(batch)
+
+
 class PgFulltextStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -102,35 +264,9 @@ class PgFulltextStore:
     # -- schema -----------------------------------------------------------------------------------
 
     def ensure_schema(self) -> None:
-        with self._connect() as conn:
-            for statement in _SCHEMA:
-                conn.execute(text(statement))
-        self._migrate_legacy_table()
-
-    def _migrate_legacy_table(self) -> None:
-        """Index the rows of the old tsvector table (`fulltext_chunks`), then drop it: an upgrade keeps
-        every chunk searchable without re-embedding anything. One transaction, under a lock, so two
-        processes starting at once neither race nor leave it half done."""
-        with self._connect() as conn:
-            if not conn.execute(text("SELECT to_regclass(:t)"), {"t": LEGACY_TABLE}).scalar():
-                return
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
-            if not conn.execute(text("SELECT to_regclass(:t)"), {"t": LEGACY_TABLE}).scalar():
-                return  # another process moved it while we waited
-            # A server-side cursor: the old table may not fit in memory.
-            result = conn.execute(
-                text(
-                    f"SELECT chunk_id, document_id, collection_id, text FROM {LEGACY_TABLE} ORDER BY chunk_id"
-                ).execution_options(stream_results=True, max_row_buffer=1000)
-            )
-            batch: list[IndexedChunk] = []
-            for row in result:
-                batch.append(IndexedChunk(row[0], row[1], row[2], row[3]))
-                if len(batch) == 1000:
-                    self._insert(conn, batch)
-                    batch = []
-            self._insert(conn, batch)
-            conn.execute(text(f"DROP TABLE {LEGACY_TABLE}"))
+        """The tables are Alembic's (revision 0003); what is left for `migrate upgrade` is to index the
+        rows the previous release's pods wrote to the tsvector table since (`sync`)."""
+        self.sync()
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -138,133 +274,63 @@ class PgFulltextStore:
         if not chunks:
             return
         with self._connect() as conn:
+            _begin_write(conn)
+            write_legacy(conn, chunks)
             # Writing a chunk id again replaces it (and its contribution to the statistics).
-            self._delete_where(conn, "chunk_id = ANY(:v)", [c.chunk_id for c in chunks])
-            self._insert(conn, chunks)
-
-    def _insert(self, conn: Connection, chunks: list[IndexedChunk]) -> None:
-        if not chunks:
-            return
-        freqs = [Counter(analyze(c.text)) for c in chunks]
-        lengths = [sum(f.values()) for f in freqs]
-        numbers: dict[str, int] = dict(
-            conn.execute(
-                text(
-                    "INSERT INTO fts_chunks (chunk_id, document_id, collection_id, length) "
-                    "SELECT * FROM unnest(CAST(:c AS varchar[]), CAST(:d AS varchar[]), CAST(:col AS varchar[]),"
-                    " CAST(:n AS integer[])) RETURNING chunk_id, id"
-                ),
-                {
-                    "c": [c.chunk_id for c in chunks],
-                    "d": [c.document_id for c in chunks],
-                    "col": [c.collection_id for c in chunks],
-                    "n": lengths,
-                },
-            ).all()
-        )
-        by_collection: dict[str, list[int]] = defaultdict(list)
-        for i, chunk in enumerate(chunks):
-            by_collection[chunk.collection_id].append(i)
-        for collection_id in sorted(by_collection):
-            members = by_collection[collection_id]
-            df: Counter[str] = Counter()
-            for i in members:
-                df.update(freqs[i].keys())
-            terms = sorted(df)
-            # Sorted, so concurrent writers lock the rows of shared terms in the same order.
-            term_ids: dict[str, int] = dict(
-                conn.execute(
-                    text(
-                        "INSERT INTO fts_terms (collection_id, term, df) "
-                        "SELECT :col, t, n FROM unnest(CAST(:t AS text[]), CAST(:n AS integer[])) AS u(t, n) "
-                        "ORDER BY t "
-                        "ON CONFLICT (collection_id, term) DO UPDATE SET df = fts_terms.df + EXCLUDED.df "
-                        "RETURNING term, id"
-                    ),
-                    {"col": collection_id, "t": terms, "n": [df[t] for t in terms]},
-                ).all()
-            )
-            posting_terms: list[int] = []
-            posting_chunks: list[int] = []
-            posting_tf: list[int] = []
-            posting_len: list[int] = []
-            for i in members:
-                for term, tf in freqs[i].items():
-                    posting_terms.append(term_ids[term])
-                    posting_chunks.append(numbers[chunks[i].chunk_id])
-                    posting_tf.append(tf)
-                    posting_len.append(lengths[i])
-            conn.execute(
-                text(
-                    "INSERT INTO fts_postings (term_id, chunk_no, tf, length) "
-                    "SELECT * FROM unnest(CAST(:t AS bigint[]), CAST(:c AS bigint[]), CAST(:f AS integer[]),"
-                    " CAST(:n AS integer[]))"
-                ),
-                {"t": posting_terms, "c": posting_chunks, "f": posting_tf, "n": posting_len},
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO fts_collections (collection_id, chunks, total_length) VALUES (:col, :n, :len) "
-                    "ON CONFLICT (collection_id) DO UPDATE SET chunks = fts_collections.chunks + EXCLUDED.chunks,"
-                    " total_length = fts_collections.total_length + EXCLUDED.total_length"
-                ),
-                {"col": collection_id, "n": len(members), "len": sum(lengths[i] for i in members)},
-            )
-
-    def _delete_where(self, conn: Connection, condition: str, value: object) -> None:
-        """Delete the chunks matching `condition` on fts_chunks and take them out of the statistics."""
-        gone = conn.execute(
-            text(f"DELETE FROM fts_chunks WHERE {condition} RETURNING id, collection_id, length"), {"v": value}
-        ).all()
-        if not gone:
-            return
-        removed_terms = Counter(
-            row[0]
-            for row in conn.execute(
-                text("DELETE FROM fts_postings WHERE chunk_no = ANY(:c) RETURNING term_id"),
-                {"c": [row[0] for row in gone]},
-            )
-        )
-        ids = list(removed_terms)
-        # Lock in the order writers use (collection, term) so a concurrent insert cannot deadlock us.
-        conn.execute(
-            text("SELECT 1 FROM fts_terms WHERE id = ANY(:ids) ORDER BY collection_id, term FOR UPDATE"),
-            {"ids": ids},
-        )
-        conn.execute(
-            text(
-                "UPDATE fts_terms SET df = fts_terms.df - u.n "
-                "FROM unnest(CAST(:ids AS bigint[]), CAST(:n AS integer[])) AS u(id, n) WHERE fts_terms.id = u.id"
-            ),
-            {"ids": ids, "n": [removed_terms[i] for i in ids]},
-        )
-        conn.execute(text("DELETE FROM fts_terms WHERE id = ANY(:ids) AND df <= 0"), {"ids": ids})
-        per_collection: dict[str, tuple[int, int]] = {}
-        for _, collection_id, length in gone:
-            n, total = per_collection.get(collection_id, (0, 0))
-            per_collection[collection_id] = (n + 1, total + length)
-        for collection_id in sorted(per_collection):
-            n, total = per_collection[collection_id]
-            conn.execute(
-                text(
-                    "UPDATE fts_collections SET chunks = chunks - :n, total_length = total_length - :len "
-                    "WHERE collection_id = :col"
-                ),
-                {"col": collection_id, "n": n, "len": total},
-            )
+            delete_chunks_where(conn, "chunk_id = ANY(:v)", [c.chunk_id for c in chunks])
+            insert_chunks(conn, chunks)
 
     def delete_document(self, document_id: str) -> None:
         with self._connect() as conn:
-            self._delete_where(conn, "document_id = :v", document_id)
+            _begin_write(conn)
+            conn.execute(text(f"DELETE FROM {LEGACY_TABLE} WHERE document_id = :d"), {"d": document_id})
+            delete_chunks_where(conn, "document_id = :v", document_id)
 
     def delete_collection(self, collection_id: str) -> None:
         with self._connect() as conn:
+            _begin_write(conn)
+            conn.execute(text(f"DELETE FROM {LEGACY_TABLE} WHERE collection_id = :c"), {"c": collection_id})
             conn.execute(
                 text("DELETE FROM fts_postings WHERE term_id IN (SELECT id FROM fts_terms WHERE collection_id = :c)"),
                 {"c": collection_id},
             )
             for table in ("fts_terms", "fts_chunks", "fts_collections"):
                 conn.execute(text(f"DELETE FROM {table} WHERE collection_id = :c"), {"c": collection_id})
+
+    def sync(self) -> int:
+        """Index the chunks queued in `fts_pending` (written, changed or deleted in the tsvector table by
+        the previous release's pods) as that table now has them; returns how many were brought up to
+        date. Costs one query when the queue is empty."""
+        done = 0
+        for _ in range(SYNC_MAX_BATCHES):
+            with self._connect() as conn:
+                if not conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {PENDING_TABLE})")).scalar():
+                    break
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SYNC_LOCK})
+                ids = list(
+                    conn.execute(
+                        text(
+                            f"DELETE FROM {PENDING_TABLE} WHERE chunk_id IN (SELECT chunk_id FROM {PENDING_TABLE}"
+                            " ORDER BY chunk_id LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING chunk_id"
+                        ),
+                        {"n": SYNC_BATCH},
+                    ).scalars()
+                )
+                if not ids:
+                    break
+                # No row lock here: a write of the previous release committing after this read queues
+                # its chunk again (the trigger waits for this transaction), and it is indexed next time.
+                rows = conn.execute(
+                    text(
+                        f"SELECT chunk_id, document_id, collection_id, text FROM {LEGACY_TABLE}"
+                        " WHERE chunk_id = ANY(:ids) ORDER BY chunk_id"
+                    ),
+                    {"ids": ids},
+                ).all()
+                delete_chunks_where(conn, "chunk_id = ANY(:v)", ids)
+                insert_chunks(conn, [IndexedChunk(r[0], r[1], r[2], r[3]) for r in rows])
+                done += len(ids)
+        return done
 
     # -- search -----------------------------------------------------------------------------------
 

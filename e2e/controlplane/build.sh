@@ -2,6 +2,12 @@
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok,
 # helm) from the Go module proxy into a cache outside the repo, keyed by component version and Go
 # version, so a second run builds nothing. Prints the bin directory on stdout.
+#
+# `build.sh node` also builds the real node (localcluster.py --real-node): the kubelet (same
+# kubernetes version, so the same directory), containerd v2 with its runc shim and ctr (in
+# containerd-<version>/, so a containerd version change builds a new one) and the pause binary of the
+# sandbox image (in pause-<hash of its source>/).
+#
 # `build.sh keda` builds KEDA's operator and metrics API server instead (the autoscaling tests and the
 # demo start them on demand), into a directory of their own.
 set -euo pipefail
@@ -26,12 +32,13 @@ export GOFLAGS="-mod=readonly -trimpath" GOSUMDB=off CGO_ENABLED=0
 
 log() { echo "[build-controlplane] $*" >&2; }
 
-build() { # module-dir output package [ldflags] [tags]
+build() { # module-dir (under e2e/controlplane) output package [ldflags] [tags]
   local dir=$1 out=$2 pkg=$3 ldflags=${4:-} tags=${5:-}
   if [ -x "$bindir/$out" ]; then return; fi
   log "building $out ($pkg)"
   local start=$SECONDS
-  (cd "$here/modules/$dir" && go build -tags "$tags" -ldflags "-s -w $ldflags" -o "$bindir/$out.tmp.$$" "$pkg")
+  mkdir -p "$(dirname "$bindir/$out")"
+  (cd "$here/$dir" && go build -tags "$tags" -ldflags "-s -w $ldflags" -o "$bindir/$out.tmp.$$" "$pkg")
   mv "$bindir/$out.tmp.$$" "$bindir/$out"
   log "built $out in $((SECONDS - start))s"
 }
@@ -50,18 +57,30 @@ k8s_ldflags() {
 
 if [ "$target" = keda ]; then
   kv="-X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION"
-  build keda keda-operator github.com/kedacore/keda/v2/cmd/operator "$kv"
-  build keda keda-adapter github.com/kedacore/keda/v2/cmd/adapter "$kv"
+  build modules/keda keda-operator github.com/kedacore/keda/v2/cmd/operator "$kv"
+  build modules/keda keda-adapter github.com/kedacore/keda/v2/cmd/adapter "$kv"
   echo "$bindir"
   exit 0
 fi
 
-build etcd etcd go.etcd.io/etcd/server/v3
+build modules/etcd etcd go.etcd.io/etcd/server/v3
 ldf=$(k8s_ldflags)
 for component in kube-apiserver kube-controller-manager kube-scheduler; do
-  build kubernetes "$component" "k8s.io/kubernetes/cmd/$component" "$ldf" "selinux,notest"
+  build modules/kubernetes "$component" "k8s.io/kubernetes/cmd/$component" "$ldf" "selinux,notest"
 done
-build kwok kwok sigs.k8s.io/kwok/cmd/kwok \
+build modules/kwok kwok sigs.k8s.io/kwok/cmd/kwok \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$KUBERNETES_VERSION"
-build helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build modules/helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+
+if [ "${1:-}" = node ]; then
+  build modules/kubernetes kubelet k8s.io/kubernetes/cmd/kubelet "$ldf" "selinux,notest"
+  # Static binaries (no cgo): the btrfs, devmapper and zfs snapshotters are left out (overlayfs is used).
+  for component in containerd containerd-shim-runc-v2 ctr; do
+    build modules/containerd "containerd-$CONTAINERD_VERSION/$component" "github.com/containerd/containerd/v2/cmd/$component" \
+      "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" "no_btrfs,no_devmapper,no_zfs"
+  done
+  # Keyed by the source's content (realnode.node_binaries computes the same name).
+  pause_hash=$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-12)
+  build pause "pause-$pause_hash/pause" aperag.io/controlplane/pause
+fi
 echo "$bindir"

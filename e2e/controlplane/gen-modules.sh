@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the build modules in modules/ from versions.env. Only needed when a version changes;
+# Regenerates the build modules in modules/ from versions.env (all of them, or those named as
+# arguments: kubernetes etcd kwok helm containerd). Only needed when a version changes;
 # the committed go.mod/go.sum make every later build reproducible without checksum-database look-ups.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +26,7 @@ gen_kubernetes() {
     echo "	k8s.io/kubernetes/cmd/kube-apiserver"
     echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
     echo "	k8s.io/kubernetes/cmd/kube-scheduler"
+    echo "	k8s.io/kubernetes/cmd/kubelet"
     echo ")"
     echo
     echo "replace ("
@@ -102,8 +104,25 @@ gen_keda() {
   (cd "$dir" && rm -f go.sum && GOFLAGS=-mod=mod go mod tidy)
 }
 
-gen_kubernetes
-gen_etcd
-gen_keda
-gen_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
-gen_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+gen() {
+  case $1 in
+    kubernetes) gen_kubernetes ;;
+    etcd) gen_etcd ;;
+    kwok) gen_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
+    helm) gen_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    # The real node's container runtime (localcluster.py --real-node); its go.mod has no replaces.
+    containerd) gen_simple containerd github.com/containerd/containerd/v2 "$CONTAINERD_VERSION" \
+      github.com/containerd/containerd/v2/cmd/containerd \
+      github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+      github.com/containerd/containerd/v2/cmd/ctr ;;
+    keda) gen_keda ;;
+    promtool) gen_simple promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+      github.com/prometheus/prometheus/cmd/promtool ;;
+    *) echo "unknown component $1" >&2; exit 2 ;;
+  esac
+}
+
+# Every module, or only those named: gen-modules.sh containerd
+for component in "${@:-kubernetes etcd kwok helm containerd promtool keda}"; do
+  for c in $component; do gen "$c"; done
+done

@@ -5,7 +5,8 @@ nodes), all built from source by ``build.sh``. Everything a cluster needs (PKI, 
 logs, the pid of each process) lives in one state directory; ``down`` stops exactly the processes
 recorded there.
 
-Usage: ``python e2e/controlplane/localcluster.py up|down|status [--state-dir DIR]``.
+Usage: ``python e2e/controlplane/localcluster.py up|down|status|build [--state-dir DIR] [--real-node]``;
+``--real-node`` adds one real kubelet node (containerd v2 + runc, realnode.py) beside kwok's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+if __package__ in (None, ""):  # run as a script: python e2e/controlplane/localcluster.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from e2e.controlplane import realnode
 
 HERE = Path(__file__).resolve().parent
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -85,6 +90,9 @@ CONTROLLERS = [
     "persistentvolume-binder-controller",
     "persistentvolume-protection-controller",
     "persistentvolumeclaim-protection-controller",
+    # kube-root-ca.crt in every namespace: the projected service-account token volume of a pod on the
+    # real node mounts it (kwok mounts nothing, so nothing needed it before).
+    "root-ca-certificate-publisher-controller",
 ]
 
 AUDIT_POLICY = {
@@ -106,6 +114,8 @@ class ManagedProcess:
     #: The command line, so that a test can stop one component and start it again (an API server
     #: outage).
     argv: list[str] = field(default_factory=list)
+    #: The environment it was started with, when not the caller's (the real node's processes).
+    env: dict[str, str] | None = None
 
 
 @dataclass
@@ -120,6 +130,8 @@ class ClusterInfo:
     operator_kubeconfig: str
     audit_log: str
     processes: list[ManagedProcess] = field(default_factory=list)
+    #: The real node (realnode.RealNodeInfo as a dict) when started with ``--real-node``.
+    real_node: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, state_dir: Path) -> ClusterInfo:
@@ -136,9 +148,11 @@ def log(message: str) -> None:
     print(f"[localcluster] {message}", file=sys.stderr, flush=True)
 
 
-def build_binaries() -> Path:
-    """Runs build.sh (a no-op on a warm cache) and returns the directory with the binaries."""
-    result = subprocess.run(["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True)
+def build_binaries(*, real_node: bool = False) -> Path:
+    """Runs build.sh (a no-op on a warm cache) and returns the directory with the binaries; with
+    ``real_node`` also the kubelet, containerd and the pause binary."""
+    argv = ["bash", str(HERE / "build.sh"), *(["node"] if real_node else [])]
+    result = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
     return Path(result.stdout.strip().splitlines()[-1])
 
 
@@ -622,10 +636,12 @@ class Api:
         self.context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         self.context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = "application/json"
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
+        req.add_header("Content-Type", content_type)
         with urllib.request.urlopen(req, context=self.context, timeout=10) as resp:
             payload = resp.read()
         return json.loads(payload) if payload.startswith(b"{") else payload.decode()
@@ -676,12 +692,12 @@ def node_manifest(name: str) -> dict[str, Any]:
 # --- processes --------------------------------------------------------------------------------
 
 
-def _start(name: str, argv: list[str], state: Path) -> ManagedProcess:
+def _start(name: str, argv: list[str], state: Path, env: dict[str, str] | None = None) -> ManagedProcess:
     logfile = (state / "logs" / f"{name}.log").open("ab")
     process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+        argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
-    return ManagedProcess(name=name, pid=process.pid, executable=argv[0], argv=list(argv))
+    return ManagedProcess(name=name, pid=process.pid, executable=argv[0], argv=list(argv), env=env)
 
 
 def _is_ours(process: ManagedProcess) -> bool:
@@ -692,16 +708,25 @@ def _is_ours(process: ManagedProcess) -> bool:
     return exe.removesuffix(" (deleted)") == process.executable
 
 
-def up(state: Path, *, nodes: int = 2) -> ClusterInfo:
+def up(state: Path, *, nodes: int = 2, real_node: bool = False, real_node_wait: float = 0) -> ClusterInfo:
+    """Starts the control plane with ``nodes`` kwok nodes; with ``real_node`` also one real kubelet node
+    (realnode.py), waiting up to ``real_node_wait`` seconds while another cluster's real node runs on
+    this machine. A running cluster is returned as it is (a real node is added when asked for)."""
     state = state.resolve()
     if (state / "cluster.json").exists():
         info = ClusterInfo.load(state)
         if all(_is_ours(p) for p in info.processes):
             log(f"already running (state {state})")
+            if real_node and info.real_node is None:
+                realnode.start(info, state, build_binaries(real_node=True), real_node_wait)
             return info
         down(state)
+    if real_node:
+        problems = realnode.preflight()
+        if problems:
+            raise realnode.RealNodeUnavailable("the real node cannot start on this machine: " + "; ".join(problems))
     started = time.monotonic()
-    bin_dir = build_binaries()
+    bin_dir = build_binaries(real_node=real_node)
     log(f"binaries ready in {time.monotonic() - started:.1f}s ({bin_dir})")
     started = time.monotonic()
     # A stopped cluster is not resumed: a fresh store and fresh logs, only the PKI is kept.
@@ -747,6 +772,8 @@ def up(state: Path, *, nodes: int = 2) -> ClusterInfo:
             return len(ready) >= nodes
 
         wait_until(all_nodes_ready, timeout=60, what=f"{nodes} kwok nodes Ready")
+        if real_node:
+            realnode.start(info, state, bin_dir, real_node_wait)
     except BaseException:
         log(f"start failed; logs are in {state / 'logs'}")
         down(state)
@@ -888,17 +915,23 @@ def down(state: Path) -> None:
         log(f"nothing to stop in {state}")
         return
     info = ClusterInfo.load(state)
+    if info.real_node is not None:
+        # First, while the API server still runs: the kubelet stops its pods.
+        realnode.stop(info, state)
     running = [p for p in reversed(info.processes) if _is_ours(p)]
-    for process in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while any(_is_alive(p) for p in running) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for process in running:
-        if _is_alive(process):
+    # etcd last: a kube-apiserver whose etcd is gone does not finish its graceful shutdown and waits for
+    # the SIGKILL below (15 s); with etcd still there it exits in about a second.
+    for wave in ([p for p in running if p.name != "etcd"], [p for p in running if p.name == "etcd"]):
+        for process in wave:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(_is_alive(p) for p in wave) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for process in wave:
+            if _is_alive(process):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
     (state / "cluster.json").unlink()
     log(f"stopped {', '.join(f'{p.name}({p.pid})' for p in running) or 'nothing (already gone)'}")
 
@@ -923,7 +956,7 @@ def start_process(state: Path, name: str) -> None:
     index = next(i for i, p in enumerate(info.processes) if p.name == name)
     if _is_alive(info.processes[index]):
         return
-    info.processes[index] = _start(name, info.processes[index].argv, state)
+    info.processes[index] = _start(name, info.processes[index].argv, state, env=info.processes[index].env)
     info.save()
 
 
@@ -951,11 +984,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "build"])
     parser.add_argument("--state-dir", type=Path, default=Path(".cluster"))
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start one real kubelet node (containerd + runc; needs root, one per machine) beside kwok's",
+    )
     args = parser.parse_args(argv)
     if args.command == "build":
-        print(build_binaries())
+        print(build_binaries(real_node=args.real_node))
     elif args.command == "up":
-        info = up(args.state_dir, nodes=args.nodes)
+        try:
+            info = up(args.state_dir, nodes=args.nodes, real_node=args.real_node)
+        except realnode.RealNodeUnavailable as err:
+            print(f"localcluster: {err}", file=sys.stderr)
+            return 1
         print(f"export KUBECONFIG={info.kubeconfig}")
     elif args.command == "down":
         down(args.state_dir)
@@ -967,6 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
         info = ClusterInfo.load(state)
         for process in info.processes:
             print(f"{process.name:24} {process.pid:>8} {'running' if _is_alive(process) else 'gone'}")
+        if info.real_node is not None:
+            print(f"real node {info.real_node['name']}: kubelet on 127.0.0.1:{info.real_node['kubelet_port']}, "
+                  f"containerd at {info.real_node['containerd_socket']}")
         print(f"export KUBECONFIG={info.kubeconfig}")
     return 0
 

@@ -19,7 +19,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from aperag_operator.builders.common import REPLICAS_HANDOVER_MANAGER, Instance, Obj
@@ -54,8 +55,10 @@ from aperag_operator.kinds import (
     kind_of,
 )
 from aperag_operator.kubeapi import ApiFailure, Failure, KubeApi
+from aperag_operator.metrics import OperatorMetrics
 from aperag_operator.reconcile import Decision, decide, secret_references
 from aperag_operator.status import ComponentState, Problem, component_state, compute_status, transitions
+from aperag_operator.upgrade.facts import facts
 from aperag_operator.workqueue import WorkQueue
 
 log = logging.getLogger("aperag_operator")
@@ -124,6 +127,7 @@ class Controller:
         relist_interval: float = 600.0,
         watch_timeout: int = 60,
         health: Health | None = None,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.api = api
         self.contributors = ordered(list(contributors))
@@ -155,6 +159,11 @@ class Controller:
         self._state_changed = asyncio.Event()
         self.reconciles = 0
         self.instance = os.environ.get("HOSTNAME") or socket.gethostname()
+        self._busy = 0
+        #: ApeRAG -> Unix time of its last reconcile that ended without an error (for the metrics).
+        self._last_success: dict[ParentKey, float] = {}
+        self.metrics = metrics or OperatorMetrics()
+        self.metrics.bind(self)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -192,9 +201,6 @@ class Controller:
         while not self._all_listed():
             self._state_changed.clear()
             await self._state_changed.wait()
-
-    async def started(self) -> None:
-        await self._started.wait()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -251,6 +257,7 @@ class Controller:
         pk: ParentKey = (meta["namespace"], meta["name"])
         if change.deleted:
             self.queue.discard(pk)
+            self._last_success.pop(pk, None)
             self._forget_secret_refs(pk)
             self._maybe_stop_secret_informer(pk[0])
             return
@@ -306,9 +313,13 @@ class Controller:
     async def _worker(self) -> None:
         while True:
             pk = await self.queue.get()
+            self._busy += 1
+            started = time.perf_counter()
+            result = "error"
             try:
                 requeue_after = await self.reconcile(pk)
             except asyncio.CancelledError:
+                result = ""
                 raise
             except ApiFailure as failure:
                 delay = self.queue.add_rate_limited(pk)
@@ -317,11 +328,34 @@ class Controller:
                 delay = self.queue.add_rate_limited(pk)
                 log.exception("reconcile of %s/%s failed; retrying in %.1fs", *pk, delay)
             else:
+                result = "success"
                 self.queue.forget(pk)
+                if self.cache.get((APERAG.type_path, *pk)) is not None:
+                    self._last_success[pk] = time.time()
                 if requeue_after is not None:
                     self.queue.add_after(pk, requeue_after)
             finally:
+                self._busy -= 1
                 self.queue.done(pk)
+                if result:
+                    self.metrics.reconciled(result, time.perf_counter() - started)
+
+    # --- what the metrics read at scrape time (metrics.EngineView) -----------------------------------
+
+    def queue_depth(self) -> int:
+        return self.queue.depth()
+
+    def queue_oldest_age(self) -> float:
+        return self.queue.oldest_age()
+
+    def busy_workers(self) -> int:
+        return self._busy
+
+    def resources(self) -> list[Obj]:
+        return self.cache.objects(APERAG.type_path)
+
+    def last_success(self) -> Mapping[ParentKey, float]:
+        return self._last_success
 
     # --- the reconcile -------------------------------------------------------------------------------
 
@@ -361,6 +395,7 @@ class Controller:
             for wave in waves:
                 for obj, existed, failure in await asyncio.gather(*(self._apply(o) for o in wave)):
                     if failure is not None:
+                        self.metrics.apply_failed(obj["kind"], failure.kind.value)
                         retry = retry or failure.retryable
                         problems.append(Problem("ApplyFailed", describe(obj, failure.causes, failure.message), False))
                     elif not existed:
@@ -442,6 +477,8 @@ class Controller:
         if updated is None:
             return  # deleted meanwhile
         self.cache.put(updated)
+        # Counted once the status that records them is written (a failed write retries the same step).
+        self.metrics.record(facts(old, new, {reason for _, reason, _ in events}, _now()))
         for etype, reason, message in transitions(old, new):
             await self._event(body, etype, reason, message)
 
@@ -565,12 +602,3 @@ class Controller:
 def contact_details(ctl: Controller) -> dict[str, object]:
     """What the health endpoints add to their report."""
     return {"queue": ctl.queue.depth(), "reconciles": ctl.reconciles}
-
-
-def all_kinds(contributors: Iterable[Contributor]) -> list[Kind]:
-    """Every kind the engine may watch with these contributors (for RBAC checks and docs)."""
-    return list(
-        dict.fromkeys(
-            (APERAG, SECRET, *CORE_CHILD_KINDS, *(k for c in contributors for k in (*c.owned_kinds, *c.watched_kinds)))
-        )
-    )

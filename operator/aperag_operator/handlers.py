@@ -55,7 +55,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         async def heartbeat() -> None:  # a cheap read the operator is always allowed to make
             await api.probe(APERAG, scope)
 
-        server = HealthServer(health, CONFIG.liveness, heartbeat, CONFIG.heartbeat_interval)
+        server = HealthServer(health, CONFIG.liveness, heartbeat, CONFIG.heartbeat_interval, metrics=ctl.metrics.render)
         await server.start()
         STATE["health"] = server
     ctl.start()

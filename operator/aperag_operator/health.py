@@ -1,4 +1,5 @@
-"""The operator's own HTTP endpoints: ``/healthz`` (liveness) and ``/readyz``.
+"""The operator's own HTTP endpoints: ``/healthz`` (liveness), ``/readyz`` and ``/metrics`` (Prometheus
+text, from metrics.py).
 
 Liveness answers whether the operator can do its job, not merely whether its process runs: it fails
 (503) when no request to the API server has succeeded for ``contact_window`` seconds (the API server
@@ -60,8 +61,16 @@ class Health:
 
 
 class HealthServer:
-    def __init__(self, health: Health, url: str, heartbeat: Callable[[], Awaitable[None]], interval: float) -> None:
+    def __init__(
+        self,
+        health: Health,
+        url: str,
+        heartbeat: Callable[[], Awaitable[None]],
+        interval: float,
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
+    ) -> None:
         self.health = health
+        self.metrics = metrics
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http":
             raise ValueError(f"unsupported liveness URL {url!r}: only http:// is served")
@@ -76,6 +85,8 @@ class HealthServer:
     async def start(self) -> None:
         app = web.Application()
         app.add_routes([web.get(self.path, self._liveness), web.get("/readyz", self._readiness)])
+        if self.metrics is not None:
+            app.add_routes([web.get("/metrics", self._metrics)])
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -102,6 +113,14 @@ class HealthServer:
     async def _liveness(self, _request: web.Request) -> web.Response:
         report = self.health.report()
         return web.json_response(report, status=200 if report["alive"] else 503)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        assert self.metrics is not None
+        body, content_type = self.metrics()
+        # aiohttp wants the charset apart from the media type.
+        media_type, _, params = content_type.partition(";")
+        charset = params.partition("charset=")[2].strip() or None
+        return web.Response(body=body, content_type=media_type.strip(), charset=charset)
 
     async def _readiness(self, _request: web.Request) -> web.Response:
         report = self.health.report()

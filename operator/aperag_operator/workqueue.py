@@ -131,9 +131,6 @@ class WorkQueue(Generic[K]):
         current = now() if now else asyncio.get_running_loop().time()
         return max(0.0, current - min(self._queued_at.values()))
 
-    def idle(self) -> bool:
-        return not self._queued and not self._processing
-
     def close(self) -> None:
         for _, handle in self._timers.values():
             handle.cancel()

@@ -61,12 +61,13 @@ def write_revision(
     return path
 
 
-def next_release(directory: Path, revision: str = "t_next") -> Path:
-    """A good revision: a new table and a new column with a default (an expand-only change)."""
+def next_release(directory: Path, revision: str = "t_next", after: str | None = None) -> Path:
+    """A good revision: a new table and a new column with a default (an expand-only change). ``after``:
+    the revision it chains onto (the release's head by default)."""
     write_revision(
         directory,
         revision,
-        release_head(),
+        after or release_head(),
         """
         op.create_table(
             "release_notes", sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.Text)
@@ -101,6 +102,41 @@ def failing_release(directory: Path, good: str = "t_good", bad: str = "t_broken"
         op.execute("SELECT * FROM table_that_does_not_exist")
         """,
         'op.drop_column("documents", "broken")',
+    )
+    return directory
+
+
+def part_way_release(directory: Path, after: str | None = None, good: str = "t_audit", bad: str = "t_index") -> Path:
+    """Two revisions in one run, the second failing after an autocommit block: ``good`` creates a table;
+    ``bad`` builds an index on it with CREATE INDEX CONCURRENTLY, which PostgreSQL refuses inside a
+    transaction, so it runs in Alembic's autocommit_block; that commits the run so far (``good``, stamped)
+    and then ``bad`` fails. The schema is left at ``good``: the report says ``changed: true``, and only a
+    downgrade puts it back. ``after``: the revision they chain onto (the release's head by default)."""
+    write_revision(
+        directory,
+        good,
+        after or release_head(),
+        """
+        op.create_table(
+            "audit_log", sa.Column("id", sa.Integer, primary_key=True), sa.Column("entry", sa.Text)
+        )
+        """,
+        'op.drop_table("audit_log")',
+    )
+    write_revision(
+        directory,
+        bad,
+        good,
+        """
+        with op.get_context().autocommit_block():
+            op.execute("CREATE INDEX CONCURRENTLY audit_log_entry ON audit_log (entry)")
+        op.add_column("documents", sa.Column("audited", sa.Boolean, nullable=True))
+        op.execute("SELECT * FROM table_that_does_not_exist")
+        """,
+        """
+        op.drop_column("documents", "audited")
+        op.drop_index("audit_log_entry", table_name="audit_log")
+        """,
     )
     return directory
 

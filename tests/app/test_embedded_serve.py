@@ -155,6 +155,9 @@ def test_one_command_upload_search_and_the_cli(tmp_path: Path, home: Path) -> No
         found = serve.cli("search", "okapi_johnstoni zebra legs", "--collection", "local", "--mode", "fulltext")
         assert found.returncode == 0, found.stderr
         assert json.loads(found.stdout)["results"][0]["filename"] == "okapi.md"
+        current = serve.cli("migrate", "current")
+        assert current.returncode == 0, current.stderr
+        assert json.loads(current.stdout.strip().splitlines()[-1])["up_to_date"] is True
         # ...and the API serves what the CLI indexed.
         listed = {d["filename"]: d["status"] for d in client.get("/api/v1/collections/local/documents").json()}
         assert listed == {"bees.txt": "ready", "okapi.md": "ready"}
@@ -176,6 +179,8 @@ def test_one_command_upload_search_and_the_cli(tmp_path: Path, home: Path) -> No
     assert gone.returncode == 2
     assert gone.stderr.strip().splitlines()[-1].startswith("configuration error: POSTGRES_HOST is not set")
     assert "Traceback" not in gone.stderr
+    no_server = serve.cli("migrate", "current")
+    assert no_server.returncode == 2 and "Traceback" not in no_server.stderr
 
 
 def _upload_long_document(serve: Serve, collection: str, sentences: int) -> str:

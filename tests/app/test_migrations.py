@@ -18,8 +18,16 @@ from sqlalchemy import create_engine, inspect, text
 from aperag import migrate
 from aperag.api.app import create_app
 from aperag.context import AppContext
+from aperag.stores import IndexedChunk
+from aperag.stores.pg_fulltext_store import PgFulltextStore
 from tests.app.conftest import settings_from
-from tests.app.migration_fixtures import failing_release, next_release, release_head, second_head
+from tests.app.migration_fixtures import (
+    failing_release,
+    next_release,
+    part_way_release,
+    release_head,
+    second_head,
+)
 
 
 def _columns(url: str, table: str) -> set[str]:
@@ -200,6 +208,32 @@ def test_failing_revision_leaves_the_schema_where_it_was(
     assert _sql(url, "SELECT name FROM collections") == [("kept",)]
 
 
+def test_a_failure_after_an_autocommit_block_reports_the_committed_part(
+    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """A revision with an autocommit block (CREATE INDEX CONCURRENTLY) commits the run before it: when
+    it then fails, the report names the revision the schema was left at (changed), and the downgrade
+    to the revision before the run removes it with the data written before intact."""
+    env = app_env_factory()
+    url = settings_from(env).database_url
+    head = release_head()
+    _sql(url, "INSERT INTO collections (id, name) VALUES ('c1', 'kept')")
+    part_way = {**env, migrate.EXTRA_DIR_ENV: str(part_way_release(tmp_path / "extra"))}
+    result = _cli(part_way, "migrate", "upgrade", "head")
+    assert result.returncode == 1
+    report = _report(result)
+    assert report["reason"] == "MigrationFailed" and "table_that_does_not_exist" in str(report["message"])
+    assert report["before"] == [head] and report["current"] == ["t_audit"] and report["changed"] is True
+    tables = inspect(create_engine(url)).get_table_names()
+    assert "audit_log" in tables and "audited" not in _columns(url, "documents")
+    assert _sql(url, "SELECT indexname FROM pg_indexes WHERE indexname = 'audit_log_entry'") == [("audit_log_entry",)]
+    down = _cli(part_way, "migrate", "downgrade", head)
+    assert down.returncode == 0, down.stderr
+    assert _report(down)["current"] == [head]
+    assert "audit_log" not in inspect(create_engine(url)).get_table_names()
+    assert _sql(url, "SELECT name FROM collections") == [("kept",)]
+
+
 def test_second_head_is_refused_before_the_database_is_touched(
     app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
@@ -270,22 +304,39 @@ def test_report_fits_the_termination_message_limit() -> None:
 
 
 def test_downgrade_to_base_drops_the_store_tables(app_env_factory: Callable[..., dict[str, str]]) -> None:
+    """Nothing the migrations or the stores created in PostgreSQL outlives `downgrade base`: neither the
+    tables (vector, BM25, the tsvector table, the queue of the previous release's writes) nor the
+    trigger's function, so no row comes back orphaned after the next upgrade."""
     env = app_env_factory(migrate=False)
     url = settings_from(env).database_url
     assert _cli(env, "migrate", "upgrade", "head").returncode == 0  # creates the store tables too
-    _sql(url, "INSERT INTO fulltext_chunks (chunk_id, document_id, collection_id, text) VALUES ('x', 'd', 'c', 't')")
+    PgFulltextStore(url).upsert([IndexedChunk("x", "d", "c", "alpha")])
+    _sql(url, "INSERT INTO fts_pending (chunk_id) VALUES ('y')")
     _sql(
         url,
         "INSERT INTO vector_chunks (chunk_id, document_id, collection_id, embedding) "
         "VALUES ('x', 'd', 'c', CAST(:v AS vector))",
         {"v": "[" + ",".join(["0.1"] * 384) + "]"},
     )
+    store_tables = {
+        "vector_chunks", "fulltext_chunks", "fts_chunks", "fts_terms", "fts_postings", "fts_collections",
+        "fts_pending",
+    }  # fmt: skip
+    for table in store_tables:
+        assert _sql(url, f"SELECT count(*) FROM {table}") == [(1,)], table
     down = _cli(env, "migrate", "downgrade", "base")
     assert down.returncode == 0, down.stderr
-    assert not {"vector_chunks", "fulltext_chunks"} & set(inspect(create_engine(url)).get_table_names())
+    # Alembic keeps its (now empty) version table; nothing else is left.
+    assert set(inspect(create_engine(url)).get_table_names()) == {"alembic_version"}
+    # No function either, other than the pgvector extension's (left installed: it holds no rows).
+    functions = (
+        "SELECT proname FROM pg_proc p WHERE pronamespace = 'public'::regnamespace"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')"
+    )
+    assert _sql(url, functions) == []
     assert _cli(env, "migrate", "upgrade", "head").returncode == 0
-    assert _sql(url, "SELECT count(*) FROM vector_chunks") == [(0,)]
-    assert _sql(url, "SELECT count(*) FROM fulltext_chunks") == [(0,)]
+    for table in store_tables:
+        assert _sql(url, f"SELECT count(*) FROM {table}") == [(0,)], table
 
 
 # --- readiness contract -------------------------------------------------------------------------------

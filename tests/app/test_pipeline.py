@@ -64,7 +64,7 @@ def test_reupload_and_reindex_do_not_duplicate_chunks(ctx: AppContext) -> None:
     assert not again.created and again.document.id == doc_id
     services.reindex_document(ctx, doc_id)
     assert index_document(ctx, doc_id, final_attempt=False) == "ready"
-    for table in ("chunks", "vector_chunks", "fts_chunks"):
+    for table in ("chunks", "vector_chunks", "fts_chunks", "fulltext_chunks"):
         assert _count(ctx, table, doc_id) == before, table
 
 
@@ -79,8 +79,8 @@ def test_delete_document_removes_chunks_everywhere(ctx: AppContext) -> None:
     ids = _ingest_all(ctx, "kb")
     doc_id = ids["chess.html"]
     services.delete_document(ctx, "kb", doc_id)
-    for table in ("chunks", "vector_chunks", "fts_chunks"):
-        assert _count(ctx, table, doc_id) == 0
+    for table in ("chunks", "vector_chunks", "fts_chunks", "fulltext_chunks"):
+        assert _count(ctx, table, doc_id) == 0, table
     collection = services.get_collection(ctx, "kb")
     hits = search(ctx, collection.id, "Sicilian Defence", "fulltext", 5).results
     assert all(h.document_id != doc_id for h in hits)
@@ -126,7 +126,7 @@ def test_store_outage_on_last_attempt_fails_cleanly(ctx: AppContext) -> None:
     assert index_document(ctx, doc.id, final_attempt=True) == "failed"
     failed = services.get_document(ctx, "kb", doc.id)
     assert failed.status == "failed" and "gave up" in (failed.error or "")
-    for table in ("chunks", "vector_chunks"):
+    for table in ("chunks", "vector_chunks", "fts_chunks", "fulltext_chunks"):
         assert _count(ctx, table, doc.id) == 0, table
 
 
@@ -154,11 +154,11 @@ def test_reconcile_requeues_stuck_documents(ctx: AppContext) -> None:
 
     recorder = Recorder()
     ctx.dispatcher = recorder
-    assert reconcile(ctx) == {"requeued": 1, "failed": 0}
+    assert reconcile(ctx) == {"requeued": 1, "failed": 0, "fulltext_synced": 0}
     assert recorder.enqueued == [doc.id]
     assert services.get_document(ctx, "kb", doc.id).status == "pending"
     # A fresh pending document is not stuck.
-    assert reconcile(ctx) == {"requeued": 0, "failed": 0}
+    assert reconcile(ctx) == {"requeued": 0, "failed": 0, "fulltext_synced": 0}
 
 
 def test_chunk_rows_match_store_rows(ctx: AppContext) -> None:
@@ -167,4 +167,5 @@ def test_chunk_rows_match_store_rows(ctx: AppContext) -> None:
         total = session.scalar(select(func.count()).select_from(Chunk))
         vec = session.execute(text("SELECT count(*) FROM vector_chunks")).scalar_one()
         fts = session.execute(text("SELECT count(*) FROM fts_chunks")).scalar_one()
-    assert total == vec == fts == sum(_count(ctx, "chunks", d) for d in ids.values())
+        legacy = session.execute(text("SELECT count(*) FROM fulltext_chunks")).scalar_one()
+    assert total == vec == fts == legacy == sum(_count(ctx, "chunks", d) for d in ids.values())

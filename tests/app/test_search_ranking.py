@@ -1,5 +1,5 @@
 """Ranking internals against a real PostgreSQL: the analyser, BM25 and its term statistics, MaxScore
-pruning, the move from the old tsvector table, fusion, CJK text, the multilingual model and the
+pruning, fusion, CJK text, the multilingual model and the
 query-embedding batcher."""
 
 from __future__ import annotations
@@ -152,27 +152,6 @@ def test_pruning_returns_the_exhaustive_ranking(store: PgFulltextStore, monkeypa
         len(approximate) == 10
         and len({h.chunk_id for h in approximate} & {h.chunk_id for h in exhaustive["w0 w1 w2 w3"]}) >= 5
     )
-
-
-def test_rows_of_the_old_tsvector_table_are_moved(store: PgFulltextStore) -> None:
-    with store._connect() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE fulltext_chunks (chunk_id varchar(36) PRIMARY KEY, document_id varchar(32) NOT NULL,"
-                " collection_id varchar(32) NOT NULL, text text NOT NULL,"
-                " tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED)"
-            )
-        )
-        conn.execute(
-            text("INSERT INTO fulltext_chunks (chunk_id, document_id, collection_id, text) VALUES (:i, 'd', 'c', :t)"),
-            [{"i": "k1", "t": "pivot_root changes the root mount"}, {"i": "k2", "t": "chroot changes the root"}],
-        )
-    store.ensure_schema()
-    assert _sql(store, "SELECT to_regclass('fulltext_chunks') IS NULL") == [(True,)]
-    assert [h.chunk_id for h in store.search("c", "pivot_root", 5).hits] == ["k1", "k2"]  # k2: "root"
-    assert [h.chunk_id for h in store.search("c", "chroot", 5).hits] == ["k2"]
-    store.ensure_schema()  # idempotent
-    assert _sql(store, "SELECT chunks FROM fts_collections") == [(2,)]
 
 
 # -- fusion ----------------------------------------------------------------------------------------

@@ -1,79 +1,63 @@
-"""The operator's published RBAC (manifests/operator-rbac.yaml) is enough, and nothing more is needed.
+"""manifests/install.yaml, applied as the README says, installs an operator whose RBAC is enough.
 
-Every other e2e test runs the operator as a cluster admin; this one runs it the way the manifests
-deploy it: cluster-wide, with the token of the ``aperag-operator`` ServiceAccount bound by the
-ClusterRole in the manifest, so a missing rule shows up as a 403 here instead of in production.
+Every other e2e test runs the operator as a cluster admin; this one runs it the way the manifest deploys
+it: with the Deployment's own arguments (cluster-wide) and the token of the ``aperag-operator``
+ServiceAccount bound by the manifest's ClusterRole, so a missing rule shows up as a 403 here instead of
+in production. The chart the manifest is rendered from is installed with helm in test_chart.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.e2e.conftest import ROOT, OperatorProcess, apply_yaml, kget, kubeblocks_simulator, start_operator
+from charts.render import INSTALL_MANIFEST
+from tests.e2e.conftest import OperatorProcess, apply_yaml, kget, kubeblocks_simulator
+from tests.e2e.install import (
+    denied_lines,
+    dump_log_on_failure,
+    rolled_out,
+    service_account_kubeconfig,
+    service_account_user,
+    start_as_deployment,
+    wait_probes_pass,
+)
 from tests.harness.cluster import Cluster
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.operator]
 
 SYSTEM_NAMESPACE = "aperag-system"
-
-
-def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    """A kubeconfig holding a fresh token of the aperag-operator ServiceAccount."""
-    token = cluster.kubectl(
-        "create", "token", "aperag-operator", "-n", SYSTEM_NAMESPACE, "--duration=1h"
-    ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": "aperag-operator", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": "aperag-operator"}}],
-        "current-context": "sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def problem_lines(logs: str) -> list[str]:
-    """The operator's warning and error log lines (its logs are JSON, one object a line)."""
-    problems = []
-    for line in logs.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            problems.append(line)  # not JSON: a traceback or a crash, worth seeing
-            continue
-        if record.get("severity") in ("warning", "error", "critical"):
-            problems.append(record.get("message", line))
-    return problems
+NAME = "aperag-operator"
 
 
 @pytest.fixture
-def rbac_operator(
+async def manifest_operator(
     cluster: Cluster, aperag_crd: str, upstream_crds: list[str], tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    if cluster.kubectl("get", "namespace", SYSTEM_NAMESPACE, check=False).returncode != 0:
-        cluster.kubectl("create", "namespace", SYSTEM_NAMESPACE)
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "operator-rbac.yaml"))
-    kubeconfig = service_account_kubeconfig(cluster, tmp_path / "sa.kubeconfig")
-    operator = start_operator(cluster, tmp_path / "operator.log", "--all-namespaces", kubeconfig=kubeconfig)
+) -> AsyncIterator[OperatorProcess]:
+    cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_MANIFEST))
+    # The namespace enforces the restricted Pod Security Standard: the Deployment's pod was admitted.
+    labels = (kget(cluster, "", "namespace", SYSTEM_NAMESPACE) or {})["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    deployment = await rolled_out(cluster, SYSTEM_NAMESPACE, NAME)
+    kubeconfig = service_account_kubeconfig(cluster, SYSTEM_NAMESPACE, NAME, tmp_path / "sa.kubeconfig")
+    operator = start_as_deployment(cluster, deployment, tmp_path / "operator.log", kubeconfig)
     try:
+        await wait_probes_pass(operator, deployment)
         yield operator
+    except BaseException:
+        dump_log_on_failure(operator)
+        raise
     finally:
         operator.stop()
 
 
-async def test_the_manifest_rbac_is_enough_to_reach_ready(
-    cluster: Cluster, namespace: str, rbac_operator: OperatorProcess
+async def test_the_install_manifest_rbac_is_enough_to_reach_ready(
+    cluster: Cluster, namespace: str, manifest_operator: OperatorProcess
 ) -> None:
-    await wait_until(lambda: rbac_operator.health() is not None, timeout=60, what="operator liveness")
     # Managed databases (KubeBlocks Clusters), an Ingress and NetworkPolicies: every rule is used.
     body = {
         "apiVersion": "aperag.io/v1alpha1",
@@ -103,6 +87,8 @@ async def test_the_manifest_rbac_is_enough_to_reach_ready(
         ("horizontalpodautoscalers.autoscaling", "rbac-api"),
     ]:  # fmt: skip
         assert kget(cluster, namespace, kind, name) is not None, f"{kind}/{name} missing"
+    jobs = (kget(cluster, namespace, "jobs") or {"items": []})["items"]
+    assert jobs, "no migration Job"  # Jobs and their Pods too
     # Autoscaling off: the autoscalers are deleted (and the replicas applied again) under the same rules.
     body["spec"]["autoscaling"] = {"worker": {"enabled": False}, "api": {"enabled": False}}
     apply_yaml(cluster, json.dumps(body))
@@ -113,8 +99,7 @@ async def test_the_manifest_rbac_is_enough_to_reach_ready(
             ("horizontalpodautoscalers.autoscaling", "rbac-api")))  # fmt: skip
 
     await wait_until(autoscalers_gone, timeout=60, what="the autoscalers deleted under the manifest's RBAC")
-    denied = [line for line in problem_lines(rbac_operator.logs()) if "403" in line or "forbidden" in line.lower()]
+    denied = denied_lines(manifest_operator.logs())
     assert not denied, denied
     # The writes really were the ServiceAccount's.
-    sa_user = f"system:serviceaccount:{SYSTEM_NAMESPACE}:aperag-operator"
-    assert cluster.audit_events(username=sa_user, namespace=namespace)
+    assert cluster.audit_events(username=service_account_user(SYSTEM_NAMESPACE, NAME), namespace=namespace)

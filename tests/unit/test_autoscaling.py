@@ -209,7 +209,7 @@ def test_without_keda_the_workers_scale_on_cpu_and_the_condition_says_why() -> N
 def test_keda_forbidden_by_rbac_is_said_plainly() -> None:
     observed = StaticObserved(states={SCALED_OBJECT.type_path: KindState.FORBIDDEN})
     cond = condition(contribute({"autoscaling": {"worker": WORKER}}, observed))
-    assert cond["reason"] == "KEDANotVisible" and "operator-rbac.yaml" in cond["message"]
+    assert cond["reason"] == "KEDANotVisible" and "rbac-rules.yaml" in cond["message"]
 
 
 def owned_cpu_hpa() -> dict[str, Any]:
@@ -398,5 +398,5 @@ def test_the_queues_are_the_apps() -> None:
     # kombu's hash of unacknowledged tasks (acks late: taken and not finished).
     from kombu.transport.redis import Channel
 
-    assert autoscaling.UNACKED == Channel.unacked_key
+    assert Channel.unacked_key == autoscaling.UNACKED
     assert celery_app.celery_app.conf.task_acks_late and celery_app.celery_app.conf.task_reject_on_worker_lost

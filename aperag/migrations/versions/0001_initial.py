@@ -63,10 +63,12 @@ def upgrade() -> None:
     op.create_index("ix_chunks_collection_id", "chunks", ["collection_id"])
 
 
-#: Tables the stores create next to the migrated ones (``aperag migrate upgrade`` runs their
-#: ``ensure_schema`` after the revisions, because their shape depends on settings). Their rows point at
-#: documents and chunks, so a downgrade to base drops them too: otherwise they would outlive the rows
-#: they index and come back orphaned after the next upgrade.
+#: Tables created next to the migrated ones: ``vector_chunks`` by the vector store's ``ensure_schema``
+#: (``aperag migrate upgrade`` runs it after the revisions: its shape depends on settings);
+#: ``fulltext_chunks`` by the full-text store of the releases before revision 0003, and since then by
+#: that revision (whose downgrade drops its BM25 tables). Their rows point at documents and chunks, so a
+#: downgrade to base drops them too: otherwise they would outlive the rows they index and come back
+#: orphaned after the next upgrade.
 STORE_TABLES = ("vector_chunks", "fulltext_chunks")
 
 

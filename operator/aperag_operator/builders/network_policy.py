@@ -1,6 +1,8 @@
 """NetworkPolicies (when ``spec.networkPolicy.enabled``).
 
-* ``<name>-app``: the instance's pods accept traffic only from pods of the same instance;
+* ``<name>-app``: the instance's pods accept traffic only from pods of the same instance, and (with
+  ``spec.observability.metrics.enabled``) from the namespaces of ``scraperNamespaceLabels`` (Prometheus)
+  on the ports that serve /metrics (api 8000, worker 8001);
 * ``<name>-web``: api and frontend additionally accept traffic from the ingress controller's namespace.
 
 Egress is not restricted: external databases and LLM endpoints live anywhere.
@@ -8,6 +10,7 @@ Egress is not restricted: external databases and LLM endpoints live anywhere.
 
 from __future__ import annotations
 
+from aperag_operator.builders import metrics
 from aperag_operator.builders.common import (
     API_PORT,
     FRONTEND_PORT,
@@ -25,6 +28,15 @@ def wanted(inst: Instance) -> bool:
 
 
 def build_app(inst: Instance) -> Obj:
+    rules: list[Obj] = [{"from": [{"podSelector": {"matchLabels": selector_labels(inst)}}]}]
+    scraping = inst.spec.observability.metrics
+    if scraping.enabled:
+        rules.append(
+            {
+                "from": [{"namespaceSelector": {"matchLabels": dict(scraping.scraper_namespace_labels)}}],
+                "ports": [{"protocol": "TCP", "port": port} for port in sorted(set(metrics.PORTS.values()))],
+            }
+        )
     return finalize(
         {
             "apiVersion": "networking.k8s.io/v1",
@@ -33,7 +45,7 @@ def build_app(inst: Instance) -> Obj:
             "spec": {
                 "podSelector": {"matchLabels": selector_labels(inst)},
                 "policyTypes": ["Ingress"],
-                "ingress": [{"from": [{"podSelector": {"matchLabels": selector_labels(inst)}}]}],
+                "ingress": rules,
             },
         }
     )

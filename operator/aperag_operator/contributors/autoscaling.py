@@ -259,7 +259,7 @@ class AutoscalingContributor:
                 False,
                 "KEDANotVisible",
                 f"worker: the operator may not list {SCALED_OBJECT} and {TRIGGER_AUTHENTICATION}; {fallback}: "
-                "grant it their rules (manifests/operator-rbac.yaml)",
+                "grant it their rules (charts/aperag-operator/files/rbac-rules.yaml)",
             )
         else:
             verdict = (

@@ -76,7 +76,7 @@ class DatabasesContributor:
                 Problem(
                     "ClustersNotVisible",
                     f"the operator may not list {KUBEBLOCKS_CLUSTER}: grant it get/list/watch on them "
-                    "(manifests/operator-rbac.yaml)",
+                    "(charts/aperag-operator/files/rbac-rules.yaml)",
                 ),
                 *problems,
             )

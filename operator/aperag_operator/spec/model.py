@@ -776,12 +776,44 @@ class AutoscalingSpec(Spec):
 # --- placeholders filled by later issues -------------------------------------------------------------
 
 
-class ObservabilitySpec(Spec):
-    """Metrics and tracing (reserved: filled in by the observability issue)."""
+class MetricsSpec(Spec):
+    """Prometheus scraping of the app's /metrics (docs/observability.md)."""
 
-    metrics: bool = Field(default=True, description="Expose Prometheus metrics on the API's /metrics.")
+    enabled: bool = Field(
+        default=True,
+        description="Make the app's /metrics scrapable: headless Services <name>-api-metrics and "
+        "<name>-worker-metrics, and a ServiceMonitor <name> when the monitoring.coreos.com CRDs are served "
+        "(prometheus-operator), else prometheus.io/scrape annotations on those Services.",
+    )
+    interval: str = Field(
+        default="30s", pattern=r"^([0-9]+(ms|s|m|h))+$", description="Scrape interval of the ServiceMonitor."
+    )
+    service_monitor_labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Labels of the ServiceMonitor (those your Prometheus selects ServiceMonitors by, e.g. "
+        "release: kube-prometheus-stack).",
+        json_schema_extra=keys_match(QUALIFIED_NAME_PATTERN, "keys must be valid label keys"),
+    )
+    scraper_namespace_labels: dict[str, LabelValue] = Field(
+        default_factory=lambda: {"kubernetes.io/metadata.name": "monitoring"},
+        max_length=16,
+        description="With spec.networkPolicy.enabled: labels of the namespace(s) Prometheus runs in, allowed to "
+        "reach the metrics ports (api 8000, worker 8001) of the app's pods.",
+        json_schema_extra=keys_match(QUALIFIED_NAME_PATTERN, "keys must be valid label keys"),
+    )
+
+
+class ObservabilitySpec(Spec):
+    """Metrics and traces of the app (docs/observability.md)."""
+
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus scraping of the app.")
     otlp_endpoint: str | None = Field(
-        default=None, description="OTLP endpoint for traces (OTEL_EXPORTER_OTLP_ENDPOINT)."
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="OTLP/HTTP endpoint of an OpenTelemetry collector (or Jaeger, port 4318) the app sends its "
+        "traces to (OTEL_EXPORTER_OTLP_ENDPOINT). Unset: no traces. An unreachable collector never breaks the app.",
     )
 
 
@@ -844,7 +876,7 @@ class ApeRAGSpec(Spec):
         description="Autoscaling: the workers on the Celery queue (KEDA), the API on CPU (HPA).",
     )
     observability: ObservabilitySpec = Field(
-        default_factory=ObservabilitySpec, description="Metrics and tracing (reserved)."
+        default_factory=ObservabilitySpec, description="Metrics and traces of the app."
     )
 
     @model_validator(mode="after")
