@@ -7,7 +7,7 @@ version's migrations are those of the one before plus its own, as real releases 
 
 | version | image | its migrations | its API |
 | --- | --- | --- | --- |
-| 1.0.0 | the app image | the release's (head 0002) | serves |
+| 1.0.0 | the app image | the release's own (its head) | serves |
 | 1.1.0 | + ``t_next`` | a table and a defaulted column | serves |
 | 1.2.0 | + ``t_next``, ``t_audit``, ``t_index`` | ``t_index`` commits ``t_audit`` (autocommit block), fails | serves |
 | 1.3.0 | + ``t_next``, ``t_flags`` | a table | ``aperag serve`` exits 1 at start |

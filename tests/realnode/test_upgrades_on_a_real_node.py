@@ -23,6 +23,9 @@ from tests.harness.realnode import PLACE_LABEL, PlacementWebhook, pod_port
 from tests.harness.wait import wait_until
 from tests.realnode import images
 from tests.realnode.images import V1, V2, V3, V4
+
+#: The app's own head revision: what 1.0.0 (the app image as built) migrates to.
+HEAD1 = images.HEADS[V1]
 from tests.realnode.scenario import RealApeRAG, http, ready, stamp, terminated
 
 #: How long each scenario took (docs/benchmarks.md), printed at the end of the module.
@@ -83,13 +86,13 @@ async def test_fresh_install_migrates_for_real_before_the_api_serves(rag: RealAp
     state = terminated(job_pod)
     assert state is not None and state["exitCode"] == 0, state
     report = report_of(job_pod)
-    assert (report["ok"], report["before"], report["current"], report["changed"]) == (True, [], ["0002"], True)
-    assert rag.revision() == ["0002"]
+    assert (report["ok"], report["before"], report["current"], report["changed"]) == (True, [], [HEAD1], True)
+    assert rag.revision() == [HEAD1]
     assert {"collections", "documents", "vector_chunks", "fulltext_chunks"} <= rag.tables()
 
     status = await rag.wait_ready_at(V1)
-    assert status["upgrade"]["target"]["revision"] == "0002"
-    assert history(rag) == [(V1, "0002", "Install", "Succeeded", None)]
+    assert status["upgrade"]["target"]["revision"] == HEAD1
+    assert history(rag) == [(V1, HEAD1, "Install", "Succeeded", None)]
     (pod,) = rag.api_pods()
     assert ready(pod) and pod["spec"]["nodeName"] == "real-node-0"
     # The API Deployment was created only after the migration had finished, and its pod became Ready
@@ -109,7 +112,7 @@ async def test_fresh_install_migrates_for_real_before_the_api_serves(rag: RealAp
 
     # `kubectl logs` of the Job: the migration's own output, Alembic's steps and the report last.
     logs = rag.logs(f"job/{job['metadata']['name']}")
-    assert "Running upgrade  -> 0001" in logs and "Running upgrade 0001 -> 0002" in logs, logs
+    assert "Running upgrade  -> 0001" in logs and f"-> {HEAD1}" in logs, logs
     assert json.loads(logs.strip().splitlines()[-1]) == report
 
 
@@ -120,13 +123,13 @@ async def test_upgrade_migrates_with_the_new_image_and_rolls_the_real_pods(rag: 
     rag.apply(V2)
     _, job_pod = await rag.finished_job("upgrade", V2)
     report = report_of(job_pod)
-    assert (report["ok"], report["before"], report["current"]) == (True, ["0002"], ["t_next"])
+    assert (report["ok"], report["before"], report["current"]) == (True, [HEAD1], ["t_next"])
     # The schema moved ahead while the old pod kept serving: the old code is ready on a newer schema.
     refreshed = next(p for p in rag.api_pods() if p["metadata"]["uid"] == old_pod["metadata"]["uid"])
     assert ready(refreshed)
 
     status = await rag.wait_ready_at(V2)
-    assert history(rag) == [(V1, "0002", "Install", "Succeeded", None), (V2, "t_next", "Upgrade", "Succeeded", None)]
+    assert history(rag) == [(V1, HEAD1, "Install", "Succeeded", None), (V2, "t_next", "Upgrade", "Succeeded", None)]
     assert status["upgrade"]["running"] == {"version": V2, "image": images.ref(V2), "revision": "t_next"}
     new_pod = rag.serving_pod(V2)
     assert new_pod is not None and new_pod["metadata"]["uid"] != old_pod["metadata"]["uid"]
@@ -248,7 +251,7 @@ async def test_readiness_contract_with_real_probes(rag: RealApeRAG) -> None:
     """A new pod against an old schema stays not ready; an old pod against a newer schema stays ready;
     what decides it is the kubelet probing the app's real /health/ready."""
     old = await install(rag, V1)
-    assert rag.revision() == ["0002"]
+    assert rag.revision() == [HEAD1]
 
     # 1.1.0's code on 1.0.0's schema: behind, so the probe fails again and again (503), never Ready.
     rag.start_pod("new-code", V2)
@@ -261,7 +264,7 @@ async def test_readiness_contract_with_real_probes(rag: RealApeRAG) -> None:
     new_pod = rag.pod("new-code")
     assert not ready(new_pod)
     code, body = http(pod_port(new_pod), "GET", "/health/ready")
-    assert code == 503 and body["checks"]["schema"].startswith("error: database schema at 0002"), body
+    assert code == 503 and body["checks"]["schema"].startswith(f"error: database schema at {HEAD1}"), body
     assert "t_next" in body["checks"]["schema"]
 
     # The schema moves ahead: 1.1.0's own `aperag migrate upgrade head`, run once in a pod of its own.
