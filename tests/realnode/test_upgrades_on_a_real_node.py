@@ -23,10 +23,10 @@ from tests.harness.realnode import PLACE_LABEL, PlacementWebhook, pod_port
 from tests.harness.wait import wait_until
 from tests.realnode import images
 from tests.realnode.images import V1, V2, V3, V4
+from tests.realnode.scenario import RealApeRAG, http, ready, stamp, terminated
 
 #: The app's own head revision: what 1.0.0 (the app image as built) migrates to.
 HEAD1 = images.HEADS[V1]
-from tests.realnode.scenario import RealApeRAG, http, ready, stamp, terminated
 
 #: How long each scenario took (docs/benchmarks.md), printed at the end of the module.
 DURATIONS: dict[str, float] = {}
