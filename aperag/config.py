@@ -76,6 +76,8 @@ class Settings:
     postgres_sslmode: str = ""
     # A full URL (DATABASE_URL, e.g. from a Secret) wins over the POSTGRES_* parts.
     database_url_override: str = ""
+    # Connections each process keeps open to it, and the API's worker threads (aperag.db.session).
+    db_pool_size: int = 20
 
     redis_host: str = ""
     redis_port: int = 6379
@@ -290,4 +292,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         health_port=_get_int(e, "HEALTH_PORT", 8001),
         embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
         shutdown_grace_seconds=_get_positive_int(e, "SHUTDOWN_GRACE_SECONDS", 10),
+        db_pool_size=_get_positive_int(e, "DB_POOL_SIZE", 20),
     )

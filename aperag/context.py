@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 
 from aperag.config import Settings
-from aperag.db.session import session_factory
+from aperag.db.session import configure_pool, session_factory, shared_connection
 from aperag.stores import (
     FulltextStore,
     ObjectStore,
@@ -33,9 +33,19 @@ class AppContext:
     dispatcher: Dispatcher | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __post_init__(self) -> None:
+        # Every process builds its context before its first query, so its engines get this pool size.
+        configure_pool(self.settings.db_pool_size)
+
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
         return session_factory(self.settings.database_url)
+
+    def read_session(self) -> Session:
+        """A session for reads: on the connection of the enclosing `shared_transaction` block if there
+        is one (it joins that transaction and leaves it open), else on its own pooled connection."""
+        shared = shared_connection(self.settings.database_url)
+        return self.sessions(bind=shared) if shared is not None else self.sessions()
 
     @cached_property
     def vector_store(self) -> VectorStore:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from aperag import metrics, telemetry
 from aperag.context import AppContext
 from aperag.db.models import Chunk, Document, DocumentStatus
+from aperag.db.session import shared_transaction
 from aperag.embedding import embed_query
 from aperag.stores import FulltextHits, Hit
 
@@ -102,6 +103,10 @@ Fusion = Callable[[list[Hit], FulltextHits], list[Hit]]
 fuse: Fusion = absolute_fuse
 
 
+def needs_embedding(mode: str) -> bool:
+    return mode in ("vector", "hybrid")
+
+
 def search(
     ctx: AppContext,
     collection_id: str,
@@ -111,25 +116,50 @@ def search(
     query_vector: npt.NDArray[np.float32] | None = None,
 ) -> SearchResponse:
     """`query_vector`: the query's embedding when the caller already has it (it is then not embedded
-    again, and `embed_query` is absent from the timings); the benchmarks use it to time the stores alone."""
+    again, and `embed_query` is absent from the timings); the benchmarks use it to time the stores alone.
+    The query is embedded first; then all the database work (the stores on the app's PostgreSQL, the
+    ready-documents filter, and the caller's own reads if it opened the block) runs on one connection
+    and transaction (`aperag.db.session.shared_transaction`)."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    if needs_embedding(mode) and query_vector is None:
+        query_vector = _embed(ctx, query, timings)
+    with shared_transaction(ctx.settings.database_url):
+        results = _retrieve(ctx, collection_id, query, mode, top_k, query_vector, timings)
+    timings["total"] = (time.perf_counter() - started) * 1000
+    metrics.SEARCH_SECONDS.labels(mode=mode).observe(timings["total"] / 1000)
+    return SearchResponse(results=results, timings_ms=timings)
+
+
+def _embed(ctx: AppContext, query: str, timings: dict[str, float]) -> npt.NDArray[np.float32]:
+    t0 = time.perf_counter()
+    with telemetry.span("embedding.embed_query", {"aperag.embedding.model": ctx.settings.embedding_model}):
+        vector = embed_query(ctx.embedder, query, ctx.settings.query_embedding_batch)
+    timings["embed_query"] = (time.perf_counter() - t0) * 1000
+    metrics.EMBEDDING_SECONDS.labels("query").observe(timings["embed_query"] / 1000)
+    metrics.EMBEDDED_TEXTS.labels("query").inc()
+    return vector
+
+
+def _retrieve(
+    ctx: AppContext,
+    collection_id: str,
+    query: str,
+    mode: str,
+    top_k: int,
+    query_vector: npt.NDArray[np.float32] | None,
+    timings: dict[str, float],
+) -> list[SearchResult]:
+    """The stores' hits, fused, filtered to ready documents; each step's time in `timings`."""
     # Over-fetch: orphaned rows of failed documents are filtered below, and fusion needs depth.
     depth = max(top_k * 3, 30)
     vector_hits: list[Hit] = []
     text = FulltextHits([], None)
-    if mode in ("vector", "hybrid"):
-        if query_vector is None:
-            t0 = time.perf_counter()
-            with telemetry.span("embedding.embed_query", {"aperag.embedding.model": ctx.settings.embedding_model}):
-                query_vector = embed_query(ctx.embedder, query, ctx.settings.query_embedding_batch)
-            timings["embed_query"] = (time.perf_counter() - t0) * 1000
-            metrics.EMBEDDING_SECONDS.labels("query").observe(timings["embed_query"] / 1000)
-            metrics.EMBEDDED_TEXTS.labels("query").inc()
-        t1 = time.perf_counter()
+    if query_vector is not None and needs_embedding(mode):
+        t0 = time.perf_counter()
         with metrics.timed_store("vector", "search", ctx.settings.vector_db_type, top_k=depth):
             vector_hits = ctx.vector_store.search(collection_id, query_vector, depth)
-        timings["vector_store"] = (time.perf_counter() - t1) * 1000
+        timings["vector_store"] = (time.perf_counter() - t0) * 1000
     if mode in ("fulltext", "hybrid"):
         t0 = time.perf_counter()
         with metrics.timed_store("fulltext", "search", ctx.settings.fulltext_type, top_k=depth):
@@ -141,10 +171,10 @@ def search(
         ranked = text.hits
     else:
         ranked = fuse(vector_hits, text)
+    t0 = time.perf_counter()
     results = _ready_results(ctx, ranked, vector_hits, text.hits, top_k)
-    timings["total"] = (time.perf_counter() - started) * 1000
-    metrics.SEARCH_SECONDS.labels(mode=mode).observe(timings["total"] / 1000)
-    return SearchResponse(results=results, timings_ms=timings)
+    timings["ready_filter"] = (time.perf_counter() - t0) * 1000
+    return results
 
 
 def _ready_results(
@@ -156,7 +186,7 @@ def _ready_results(
     ids = [h.chunk_id for h in ranked]
     if not ids:
         return []
-    with ctx.sessions() as session:
+    with ctx.read_session() as session:
         rows = session.execute(
             select(Chunk.id, Chunk.document_id, Chunk.text, Document.filename)
             .join(Document, Document.id == Chunk.document_id)

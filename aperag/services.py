@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from aperag.context import AppContext
@@ -58,10 +58,15 @@ def get_collection(ctx: AppContext, ref: str) -> Collection:
     if not _NAME.fullmatch(ref):
         # Not a possible name or id (e.g. a NUL from a `%00` in the path): nothing to look up.
         raise NotFound(f"collection {ref[:200]!r} not found")
-    with ctx.sessions() as session:
-        found = session.get(Collection, ref) or session.scalar(
-            select(Collection).where(Collection.name == ref)
-        )
+    with ctx.read_session() as session:
+        # One query: the collection with that id, else the one with that name (a search's lookup
+        # shares its connection, aperag.db.session.shared_transaction).
+        found = session.scalars(
+            select(Collection)
+            .where(or_(Collection.id == ref, Collection.name == ref))
+            .order_by((Collection.id == ref).desc())
+            .limit(1)
+        ).first()
     if found is None:
         raise NotFound(f"collection {ref!r} not found")
     return found

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 from fastapi import Depends, FastAPI, File, HTTPException, Request, Response, UploadFile
@@ -38,11 +39,11 @@ from aperag.api.schemas import (
 )
 from aperag.context import AppContext
 from aperag.db.models import Collection, Document
-from aperag.db.session import get_engine
+from aperag.db.session import get_engine, pool_size, shared_transaction
 from aperag.embedding import get_embedder, loaded_embedder, query_batcher
 from aperag.migrate import SchemaCheck
 from aperag.parsing import UnparsableDocument, UnsupportedDocument
-from aperag.search import SearchResponse, search
+from aperag.search import SearchResponse, needs_embedding, search
 from aperag.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,14 @@ def _doc_out(doc: Document) -> DocumentOut:
     return DocumentOut.model_validate(doc, from_attributes=True)
 
 
+def _limit_worker_threads(threads: int) -> None:
+    """Run the API's blocking work (sync routes, the search's database hop) on at most `threads` threads
+    instead of anyio's default 40: as many as the connections the pool keeps open (DB_POOL_SIZE), so a
+    thread never waits for a connection nor makes the pool open one for the moment; requests beyond that
+    wait for a thread on the event loop, holding nothing. Must run on the event loop (the lifespan)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+
+
 def _collection_out(ctx: AppContext, c: Collection) -> CollectionOut:
     return CollectionOut(
         id=c.id,
@@ -113,6 +122,7 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         REGISTRY.register(queue_collector)
+        _limit_worker_threads(pool_size())
         try:
             yield
         finally:
@@ -314,7 +324,7 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         # thread computes it, so a request holds a worker thread only for its database work, and all
         # concurrent queries reach the batcher at once (docs/benchmarks.md, "Search under load").
         started = time.perf_counter()
-        pending = await _submit_query(body.query) if body.mode in ("vector", "hybrid") else None
+        pending = await _submit_query(body.query) if needs_embedding(body.mode) else None
         vector = None
         if pending is not None:
             model = {"aperag.embedding.backend": ctx.settings.embedding_backend,
@@ -325,10 +335,24 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
             metrics.EMBEDDING_SECONDS.labels("query").observe(embedded_ms / 1000)
             metrics.EMBEDDED_TEXTS.labels("query").inc()
 
+        queued = time.perf_counter()
+
         def lookup_and_search() -> SearchResponse:
-            # One hop to the thread pool for all the database work of the request.
-            c = services.get_collection(ctx, collection)
-            return search(ctx, c.id, body.query, body.mode, body.top_k, vector)
+            # One hop to the thread pool, one pooled connection and transaction for all the database
+            # work of the request (collection lookup, stores, ready-documents filter).
+            waited_ms = (time.perf_counter() - queued) * 1000
+            if vector is None and needs_embedding(body.mode):
+                # Not batched (QUERY_EMBEDDING_BATCH=0): search() embeds the query on this thread
+                # first, which must not hold a connection meanwhile; the lookup takes its own.
+                c = services.get_collection(ctx, collection)
+                found = search(ctx, c.id, body.query, body.mode, body.top_k)
+            else:
+                with shared_transaction(ctx.settings.database_url):
+                    c = services.get_collection(ctx, collection)
+                    found = search(ctx, c.id, body.query, body.mode, body.top_k, vector)
+            # Time waiting for a worker thread: under load, the queue in front of the database work.
+            found.timings_ms["thread_wait"] = waited_ms
+            return found
 
         found = await run_in_threadpool(lookup_and_search)
         if pending is not None:

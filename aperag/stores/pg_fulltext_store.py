@@ -339,18 +339,23 @@ class PgFulltextStore:
         if not wanted:
             return FulltextHits([], 0.0)
         with self._connect() as conn:
-            stats = conn.execute(
-                text("SELECT chunks, total_length FROM fts_collections WHERE collection_id = :c"),
-                {"c": collection_id},
-            ).one_or_none()
-            if stats is None or stats[0] <= 0:
-                return FulltextHits([], 0.0)
-            chunks, total_length = int(stats[0]), int(stats[1])
+            # The collection's statistics and the query's terms in one round trip: one row per term
+            # found, or one row with NULL term columns when none is.
             rows = conn.execute(
-                text("SELECT id, df FROM fts_terms WHERE collection_id = :c AND term = ANY(:t) AND df > 0"),
+                text(
+                    "SELECT s.chunks, s.total_length, t.id, t.df FROM fts_collections s"
+                    " LEFT JOIN fts_terms t ON t.collection_id = s.collection_id AND t.term = ANY(:t) AND t.df > 0"
+                    " WHERE s.collection_id = :c"
+                ),
                 {"c": collection_id, "t": wanted},
             ).all()
-            terms = sorted((_Term(int(r[0]), int(r[1]), idf(chunks, int(r[1]))) for r in rows), key=lambda t: t.df)
+            if not rows or rows[0][0] <= 0:
+                return FulltextHits([], 0.0)
+            chunks, total_length = int(rows[0][0]), int(rows[0][1])
+            terms = sorted(
+                (_Term(int(r[2]), int(r[3]), idf(chunks, int(r[3]))) for r in rows if r[2] is not None),
+                key=lambda t: t.df,
+            )
             if not terms:
                 return FulltextHits([], 0.0)
             avg_length = max(total_length / chunks, 1.0)

@@ -78,9 +78,13 @@ class PgVectorStore:
         with self._connect() as conn:
             # The collection filter is applied after the HNSW scan; iterative scan keeps going until
             # enough rows of this collection are found instead of returning too few.
-            conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+            # Both settings in one round trip, local to the transaction (which a search shares).
             conn.execute(
-                text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(40, top_k * 2))}
+                text(
+                    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+                    " set_config('hnsw.ef_search', :ef, true)"
+                ),
+                {"ef": str(max(40, top_k * 2))},
             )
             rows = conn.execute(
                 text(

@@ -241,8 +241,10 @@ async def test_an_api_that_never_starts_fails_the_health_gate_and_is_rolled_back
                             (V4, "t_flags", "Upgrade", "Failed", "RolloutFailed")]  # fmt: skip
     # In that order: the health gate failed, the old pods served again, then the schema went down.
     reasons = rag.own_events()
-    order = [reasons.index(r) for r in ("MigrationSucceeded", "RolloutFailed", "RollingBack", "DowngradeStarted",
-                                                  "DowngradeSucceeded")]
+    order = [
+        reasons.index(r)
+        for r in ("MigrationSucceeded", "RolloutFailed", "RollingBack", "DowngradeStarted", "DowngradeSucceeded")
+    ]
     assert order == sorted(order), reasons
     assert upgrade["running"] == {"version": V2, "image": images.ref(V2), "revision": "t_next"}
 
