@@ -116,6 +116,7 @@ bench: setup
 	$(PY) -m bench.app_ingest
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
+	$(PY) -m bench.app_chat
 	$(PY) -m bench.autoscaling
 
 # Rewrites the builders' golden files (tests/unit/golden/) from the current code: review the diff.

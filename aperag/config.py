@@ -41,6 +41,26 @@ def _get_positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _get_non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _get_int(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _get_positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
 def _get_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = _get(env, name, default).lower() or default
     if value not in choices:
@@ -154,6 +174,27 @@ class Settings:
     worker_metrics_port: int = 0
     # Health endpoints of the worker and beat processes (the API serves its own on APERAG_PORT).
     health_port: int = 8001
+
+    # Chat model (aperag.llm): an OpenAI-compatible endpoint. Empty base URL or model: none configured
+    # (graph extraction then uses the offline extractor).
+    llm_api_base: str = ""
+    llm_api_key: str = ""
+    llm_model: str = ""
+    llm_timeout_seconds: float = 60.0
+    llm_max_retries: int = 4
+    llm_retry_backoff_max: float = 30.0
+    # Chat (aperag.chat): tokens of retrieved sources in the model's context, tokens of earlier turns
+    # kept, and chunks retrieved per question. Counted with the embedding tokenizer (an estimate).
+    chat_context_tokens: int = 3000
+    chat_history_tokens: int = 1000
+    chat_top_k: int = 8
+
+    # Knowledge graph (aperag.graph): built after each document's chunks are indexed.
+    graph_enabled: bool = True
+    graph_extraction_batch: int = 4
+    # Graph-building tasks of one collection running at once, across all workers (each makes its model
+    # calls one after another): the per-collection limit on concurrent extraction calls.
+    graph_extraction_concurrency: int = 2
 
     embedded_pg_data_dir: str = ""
     # After SIGTERM: how long open requests, then the running indexing batch, may take (each).
@@ -290,6 +331,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         broker_visibility_timeout_seconds=_get_positive_int(e, "BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600),
         worker_metrics_port=_get_int(e, "WORKER_METRICS_PORT", 0),
         health_port=_get_int(e, "HEALTH_PORT", 8001),
+        llm_api_base=_get(e, "LLM_API_BASE"),
+        llm_api_key=_get(e, "LLM_API_KEY"),
+        llm_model=_get(e, "LLM_MODEL"),
+        llm_timeout_seconds=_get_positive_float(e, "LLM_TIMEOUT_SECONDS", 60.0),
+        llm_max_retries=_get_non_negative_int(e, "LLM_MAX_RETRIES", 4),
+        llm_retry_backoff_max=_get_positive_float(e, "LLM_RETRY_BACKOFF_MAX", 30.0),
+        chat_context_tokens=_get_positive_int(e, "CHAT_CONTEXT_TOKENS", 3000),
+        chat_history_tokens=_get_non_negative_int(e, "CHAT_HISTORY_TOKENS", 1000),
+        chat_top_k=_get_positive_int(e, "CHAT_TOP_K", 8),
+        graph_enabled=_get_bool(e, "GRAPH_ENABLED", True),
+        graph_extraction_batch=_get_positive_int(e, "GRAPH_EXTRACTION_BATCH", 4),
+        graph_extraction_concurrency=_get_positive_int(e, "GRAPH_EXTRACTION_CONCURRENCY", 2),
         embedded_pg_data_dir=_get(e, "EMBEDDED_PG_DATA_DIR"),
         shutdown_grace_seconds=_get_positive_int(e, "SHUTDOWN_GRACE_SECONDS", 10),
         db_pool_size=_get_positive_int(e, "DB_POOL_SIZE", 20),

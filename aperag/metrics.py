@@ -63,3 +63,16 @@ def timed_store(store: str, operation: str, backend: str, **attributes: Any) -> 
     with telemetry.span(f"{store}_store.{operation}", {"db.system": backend, **attributes}):
         yield
     STORE_SECONDS.labels(store, operation).observe(time.perf_counter() - started)
+
+# Chat-model calls (aperag.llm): by purpose (graph_extraction, chat, ...) and outcome (ok, unavailable,
+# rejected, bad_response); tokens as the endpoint reported them.
+LLM_REQUESTS = Counter("aperag_llm_requests_total", "Chat-model calls by purpose and outcome", ["purpose", "outcome"])
+LLM_RETRIES = Counter("aperag_llm_retries_total", "Chat-model HTTP attempts retried, by purpose", ["purpose"])
+LLM_TOKENS = Counter("aperag_llm_tokens_total", "Chat-model tokens by purpose and kind (prompt, completion)",
+                     ["purpose", "kind"])
+LLM_SECONDS = Histogram(
+    "aperag_llm_request_duration_seconds",
+    "Time one chat-model call took, retries included",
+    ["purpose"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)

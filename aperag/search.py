@@ -28,12 +28,15 @@ from aperag.db.session import shared_transaction
 from aperag.embedding import embed_query
 from aperag.stores import FulltextHits, Hit
 
-Mode = Literal["vector", "fulltext", "hybrid"]
-MODES: tuple[str, ...] = ("vector", "fulltext", "hybrid")
+Mode = Literal["vector", "fulltext", "hybrid", "graph"]
+MODES: tuple[str, ...] = ("vector", "fulltext", "hybrid", "graph")
 # The usual RRF constant (Cormack et al. 2009): dampens the weight of the very top ranks.
 RRF_K = 60
 # Weight of the vector score in the convex combination (1 - this for full text); see the module doc.
 VECTOR_WEIGHT = 0.6
+# Weight of the graph's ranking when hybrid fuses it too (include_graph): the two-way fusion keeps
+# 1 - this. See docs/benchmarks.md, "Graph".
+GRAPH_WEIGHT = 0.2
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class SearchResult:
     score: float
     vector_rank: int | None
     fulltext_rank: int | None
+    graph_rank: int | None = None
 
 
 @dataclass
@@ -104,7 +108,13 @@ fuse: Fusion = absolute_fuse
 
 
 def needs_embedding(mode: str) -> bool:
-    return mode in ("vector", "hybrid")
+    return mode in ("vector", "hybrid", "graph")
+
+
+def fuse_with_graph(two_way: list[Hit], graph_hits: list[Hit], graph_weight: float = GRAPH_WEIGHT) -> list[Hit]:
+    """(1 - w) * the vector/full-text fusion + w * the graph score (already on 0..1)."""
+    return _combine({h.chunk_id: h.score for h in two_way}, {h.chunk_id: h.score for h in graph_hits},
+                    1.0 - graph_weight)  # fmt: skip
 
 
 def search(
@@ -114,6 +124,7 @@ def search(
     mode: str,
     top_k: int,
     query_vector: npt.NDArray[np.float32] | None = None,
+    include_graph: bool = False,
 ) -> SearchResponse:
     """`query_vector`: the query's embedding when the caller already has it (it is then not embedded
     again, and `embed_query` is absent from the timings); the benchmarks use it to time the stores alone.
@@ -125,7 +136,7 @@ def search(
     if needs_embedding(mode) and query_vector is None:
         query_vector = _embed(ctx, query, timings)
     with shared_transaction(ctx.settings.database_url):
-        results = _retrieve(ctx, collection_id, query, mode, top_k, query_vector, timings)
+        results = _retrieve(ctx, collection_id, query, mode, top_k, query_vector, timings, include_graph)
     timings["total"] = (time.perf_counter() - started) * 1000
     metrics.SEARCH_SECONDS.labels(mode=mode).observe(timings["total"] / 1000)
     return SearchResponse(results=results, timings_ms=timings)
@@ -149,17 +160,27 @@ def _retrieve(
     top_k: int,
     query_vector: npt.NDArray[np.float32] | None,
     timings: dict[str, float],
+    include_graph: bool,
 ) -> list[SearchResult]:
     """The stores' hits, fused, filtered to ready documents; each step's time in `timings`."""
     # Over-fetch: orphaned rows of failed documents are filtered below, and fusion needs depth.
     depth = max(top_k * 3, 30)
     vector_hits: list[Hit] = []
     text = FulltextHits([], None)
-    if query_vector is not None and needs_embedding(mode):
+    use_graph = mode == "graph" or (mode == "hybrid" and include_graph)
+    graph_hits: list[Hit] = []
+    if query_vector is not None and mode in ("vector", "hybrid"):
         t0 = time.perf_counter()
         with metrics.timed_store("vector", "search", ctx.settings.vector_db_type, top_k=depth):
             vector_hits = ctx.vector_store.search(collection_id, query_vector, depth)
         timings["vector_store"] = (time.perf_counter() - t0) * 1000
+    if use_graph:
+        from aperag.graph.retrieval import graph_search
+
+        t0 = time.perf_counter()
+        with metrics.timed_store("graph", "search", "postgres", top_k=depth), ctx.read_session() as session:
+            graph_hits = graph_search(session, collection_id, query, query_vector, depth).hits
+        timings["graph_store"] = (time.perf_counter() - t0) * 1000
     if mode in ("fulltext", "hybrid"):
         t0 = time.perf_counter()
         with metrics.timed_store("fulltext", "search", ctx.settings.fulltext_type, top_k=depth):
@@ -169,18 +190,28 @@ def _retrieve(
         ranked = vector_hits
     elif mode == "fulltext":
         ranked = text.hits
+    elif mode == "graph":
+        ranked = graph_hits
     else:
         ranked = fuse(vector_hits, text)
+        if use_graph:
+            ranked = fuse_with_graph(ranked, graph_hits)
     t0 = time.perf_counter()
-    results = _ready_results(ctx, ranked, vector_hits, text.hits, top_k)
+    results = _ready_results(ctx, ranked, vector_hits, text.hits, top_k, graph_hits)
     timings["ready_filter"] = (time.perf_counter() - t0) * 1000
     return results
 
 
 def _ready_results(
-    ctx: AppContext, ranked: list[Hit], vector_hits: list[Hit], text_hits: list[Hit], top_k: int
+    ctx: AppContext,
+    ranked: list[Hit],
+    vector_hits: list[Hit],
+    text_hits: list[Hit],
+    top_k: int,
+    graph_hits: list[Hit] | None = None,
 ) -> list[SearchResult]:
     """The ranked chunks that belong to ready documents, with their text, cut at top_k."""
+    grank = {h.chunk_id: i for i, h in enumerate(graph_hits or [], start=1)}
     vrank = {h.chunk_id: i for i, h in enumerate(vector_hits, start=1)}
     trank = {h.chunk_id: i for i, h in enumerate(text_hits, start=1)}
     ids = [h.chunk_id for h in ranked]
@@ -202,6 +233,7 @@ def _ready_results(
             score=h.score,
             vector_rank=vrank.get(h.chunk_id),
             fulltext_rank=trank.get(h.chunk_id),
+            graph_rank=grank.get(h.chunk_id),
         )
         for h in ranked
         if h.chunk_id in found

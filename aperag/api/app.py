@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 
 from aperag import metrics, services, telemetry
+from aperag.api.routes import chat, mcp, openai_compat
 from aperag.api.schemas import (
     CollectionCreate,
     CollectionOut,
@@ -131,9 +132,7 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
             for hook in on_shutdown or []:
                 hook()
 
-    app = FastAPI(
-        title="ApeRAG", version="0.1.0", description="Retrieval over your documents.", lifespan=lifespan
-    )
+    app = FastAPI(title="ApeRAG", version="0.1.0", description="Retrieval over your documents.", lifespan=lifespan)
     app.state.ctx = ctx
 
     # async: a plain def dependency would cost every request a hop to the thread pool.
@@ -345,11 +344,11 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
                 # Not batched (QUERY_EMBEDDING_BATCH=0): search() embeds the query on this thread
                 # first, which must not hold a connection meanwhile; the lookup takes its own.
                 c = services.get_collection(ctx, collection)
-                found = search(ctx, c.id, body.query, body.mode, body.top_k)
+                found = search(ctx, c.id, body.query, body.mode, body.top_k, include_graph=body.include_graph)
             else:
                 with shared_transaction(ctx.settings.database_url):
                     c = services.get_collection(ctx, collection)
-                    found = search(ctx, c.id, body.query, body.mode, body.top_k, vector)
+                    found = search(ctx, c.id, body.query, body.mode, body.top_k, vector, body.include_graph)
             # Time waiting for a worker thread: under load, the queue in front of the database work.
             found.timings_ms["thread_wait"] = waited_ms
             return found
@@ -364,4 +363,11 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
             timings_ms=found.timings_ms,
         )
 
+    # Route modules: chat and its history, the OpenAI-compatible API, the MCP server (docs/app.md).
+    app.include_router(chat.router)
+    app.include_router(openai_compat.router)
+    app.include_router(mcp.build_router(ctx))
+    from aperag.api.routes import graph as graph_routes
+
+    app.include_router(graph_routes.router, dependencies=auth)
     return app

@@ -47,6 +47,13 @@ class DocumentOut(BaseModel):
     error: str | None
     chunk_count: int
     attempts: int
+    graph_status: str | None = Field(
+        default=None,
+        description="knowledge graph of the document: null (not built yet), pending, building, ready,"
+        " partial (some chunks could not be extracted), failed, disabled",
+    )
+    graph_failed_chunks: int = Field(default=0, description="chunks whose graph extraction failed")
+    graph_error: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -59,8 +66,11 @@ class SearchRequest(BaseModel):
     query: str = Field(
         min_length=1, max_length=4000, pattern=r"\w", description="text to search for; needs a letter or digit"
     )
-    mode: Literal["vector", "fulltext", "hybrid"] = "hybrid"
+    mode: Literal["vector", "fulltext", "hybrid", "graph"] = "hybrid"
     top_k: int = Field(default=10, ge=1, le=100)
+    include_graph: bool = Field(
+        default=False, description="hybrid mode: fuse the graph's ranking as a third input (docs/app.md, Search)"
+    )
 
     @field_validator("query")
     @classmethod
@@ -80,6 +90,7 @@ class SearchHit(BaseModel):
     score: float
     vector_rank: int | None
     fulltext_rank: int | None
+    graph_rank: int | None = None
 
 
 class SearchOut(BaseModel):

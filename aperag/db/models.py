@@ -62,6 +62,11 @@ class Document(Base):
     status_changed_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
+    # Revision 0004: the knowledge graph, built by its own task after the chunks are indexed (None: not
+    # started; building, ready, partial (some chunks failed extraction), failed, disabled).
+    graph_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    graph_failed_chunks: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    graph_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow

@@ -79,6 +79,31 @@ def index_document_task(self: Any, document_id: str) -> str:
             raise self.retry(exc=exc, countdown=countdown) from exc
 
 
+@celery_app.task(  # type: ignore[untyped-decorator]
+    name="aperag.build_graph", bind=True, acks_late=True, max_retries=_settings.task_max_retries
+)
+def build_graph_task(self: Any, document_id: str) -> str:
+    """The document's knowledge graph, after its chunks are indexed (aperag.graph.build)."""
+    from opentelemetry.trace import SpanKind
+
+    from aperag.graph.build import GraphBusy, TransientGraphError, build_document_graph
+    from aperag.telemetry import extract, span, task_headers
+
+    final = self.request.retries >= self.max_retries
+    attributes = {"aperag.document.id": document_id, "messaging.system": "celery"}
+    with span("aperag.build_graph", attributes, kind=SpanKind.CONSUMER, context=extract(task_headers(self.request))):
+        try:
+            return build_document_graph(worker_context(), document_id, final_attempt=final)
+        except GraphBusy:
+            # Not a failure: the collection's slots are taken. A fresh message, so waiting does not use
+            # up the retries (this one is acknowledged when the task returns).
+            build_graph_task.apply_async(args=[document_id], countdown=2)
+            return "busy"
+        except TransientGraphError as exc:
+            countdown = min(_settings.task_retry_backoff_max, 2 ** (self.request.retries + 1))
+            raise self.retry(exc=exc, countdown=countdown) from exc
+
+
 @celery_app.task(name="aperag.reconcile")  # type: ignore[untyped-decorator]
 def reconcile_task() -> dict[str, int]:
     from aperag.ingest.pipeline import reconcile

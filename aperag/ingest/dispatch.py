@@ -5,17 +5,26 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from aperag.context import AppContext
 
 log = logging.getLogger(__name__)
+# In-process queue items that are graph jobs rather than documents to index.
+GRAPH_PREFIX = "graph:"
 
 
 class Dispatcher(Protocol):
     def enqueue(self, document_id: str) -> None: ...
     def queue_depth(self) -> int: ...
+
+
+@runtime_checkable
+class GraphDispatcher(Protocol):
+    """A dispatcher that also runs graph-building tasks (aperag.graph.build)."""
+
+    def enqueue_graph(self, document_id: str) -> None: ...
 
 
 class CeleryDispatcher:
@@ -33,6 +42,11 @@ class CeleryDispatcher:
 
         # The trace context of the upload rides in the message: the worker's task span continues it.
         self.producer.send_task("aperag.index_document", args=[document_id], queue="celery", headers=inject())
+
+    def enqueue_graph(self, document_id: str) -> None:
+        from aperag.telemetry import inject
+
+        self.producer.send_task("aperag.build_graph", args=[document_id], queue="celery", headers=inject())
 
     def queue_depth(self) -> int:
         import redis
@@ -76,6 +90,12 @@ class InProcessDispatcher:
             self._contexts[document_id] = inject()
         self._queue.put(document_id)
 
+    def enqueue_graph(self, document_id: str) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+        self._queue.put(GRAPH_PREFIX + document_id)
+
     def tracked(self) -> set[str]:
         """Documents queued or running here (the periodic recovery leaves them alone)."""
         with self._lock:
@@ -86,6 +106,9 @@ class InProcessDispatcher:
             try:
                 document_id = self._queue.get(timeout=0.5)
             except queue.Empty:
+                continue
+            if document_id.startswith(GRAPH_PREFIX):
+                self._build_graph(document_id[len(GRAPH_PREFIX) :])
                 continue
             with self._lock:
                 carrier = self._contexts.pop(document_id, {})
@@ -121,6 +144,23 @@ class InProcessDispatcher:
             except Exception:
                 # index_document records failures itself; this is a last resort so the thread lives on.
                 log.exception("indexing %s crashed", document_id)
+                return
+
+    def _build_graph(self, document_id: str) -> None:
+        from aperag.graph.build import GraphBusy, TransientGraphError, build_document_graph
+
+        for attempt in range(self.max_retries + 1):
+            if self._stop.is_set():
+                return
+            try:
+                build_document_graph(self.ctx, document_id, final_attempt=attempt == self.max_retries)
+                return
+            except (GraphBusy, TransientGraphError) as exc:
+                delay = min(30.0, 2.0**attempt)
+                log.warning("graph of %s: %s; retry in %.0fs", document_id, exc, delay)
+                self._stop.wait(delay)
+            except Exception:
+                log.exception("building the graph of %s crashed", document_id)
                 return
 
     def queue_depth(self) -> int:

@@ -127,10 +127,28 @@ def _set_status(ctx: AppContext, document_id: str, status: DocumentStatus, error
 
 
 def remove_document_chunks(ctx: AppContext, document_id: str) -> None:
+    from aperag.graph import store as graph_store
+
     ctx.vector_store.delete_document(document_id)
     ctx.fulltext_store.delete_document(document_id)
     with ctx.sessions.begin() as session:
+        # First the document's part of the graph (what only it supported goes; shared entities are
+        # recomputed from their other mentions), then the chunks, in one transaction.
+        graph_store.remove_document(session, document_id)
         session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+
+
+def _queue_graphs(ctx: AppContext, document_ids: list[str]) -> None:
+    """The graph of each newly ready document is built by its own task, so search works before it is."""
+    from aperag.ingest.dispatch import GraphDispatcher
+
+    if not ctx.settings.graph_enabled or not isinstance(ctx.dispatcher, GraphDispatcher):
+        return
+    for document_id in document_ids:
+        try:
+            ctx.dispatcher.enqueue_graph(document_id)
+        except Exception as exc:  # the broker is away: the document is ready, its graph can follow later
+            log.warning("could not queue the graph of %s: %s", document_id, exc)
 
 
 def _cleanup_best_effort(ctx: AppContext, document_id: str) -> None:
@@ -285,6 +303,7 @@ def _index_batch(ctx: AppContext, batch: list[_Claimed], cancel: threading.Event
         # Deleted while we indexed: undo our writes.
         remove_document_chunks(ctx, document_id)
         outcome[document_id] = "deleted"
+    _queue_graphs(ctx, [d for d, status in outcome.items() if status == "ready"])
     metrics.INGESTED_CHUNKS.inc(sum(len(r) for d, r in rows.items() if d not in deleted))
     metrics.INGESTED_DOCUMENTS.labels(result="ready").inc(sum(1 for v in outcome.values() if v == "ready"))
     return outcome

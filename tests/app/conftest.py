@@ -93,3 +93,36 @@ def embedder_warm() -> None:
 
 def settings_from(env: dict[str, str]) -> Settings:
     return load_settings(env)
+
+
+@pytest.fixture
+def worker_process() -> Iterator[Callable[[dict[str, str]], object]]:
+    """Start `aperag worker` processes with the given environment; all are stopped at the end."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    started: list[tuple[subprocess.Popen[bytes], str]] = []
+
+    def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = tempfile.NamedTemporaryFile(prefix="aperag-worker-", suffix=".log", delete=False)  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aperag.cli", "worker", "--concurrency", "1", "--loglevel", "INFO"],
+            env={**os.environ, **env, "HF_HUB_OFFLINE": "1", "HEALTH_PORT": "0"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        started.append((proc, log.name))
+        wait_until(lambda: b"ready." in Path(log.name).read_bytes() or proc.poll() is not None, 120, "worker ready")
+        assert proc.poll() is None, Path(log.name).read_text()
+        return proc
+
+    yield start
+    for proc, log_name in started:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        Path(log_name).unlink(missing_ok=True)

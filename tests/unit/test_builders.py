@@ -186,7 +186,7 @@ def test_ingress_and_network_policy() -> None:
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["tls"] == [{"hosts": ["rag.example.com"], "secretName": "rag-tls"}]
     paths = {p["path"]: p["backend"]["service"]["name"] for p in ing["spec"]["rules"][0]["http"]["paths"]}
-    assert paths == {"/api": "demo-api", "/": "demo-frontend"}
+    assert paths == {"/api": "demo-api", "/v1": "demo-api", "/mcp": "demo-api", "/": "demo-frontend"}
     policies = network_policy.build(inst)
     assert [p["metadata"]["name"] for p in policies] == ["demo-app", "demo-web"]
 

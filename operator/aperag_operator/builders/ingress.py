@@ -1,4 +1,5 @@
-"""Ingress ``<name>``: ``/api`` to the API Service and ``/`` to the frontend (or the API without one)."""
+"""Ingress ``<name>``: ``/api``, ``/v1`` (the OpenAI-compatible API) and ``/mcp`` (the MCP server) to the
+API Service, ``/`` to the frontend (or the API without one)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ def _backend(inst: Instance, component: str, port: int) -> Obj:
 
 def build(inst: Instance) -> Obj:
     spec = inst.spec.ingress
-    paths = [{"path": "/api", "pathType": "Prefix", "backend": _backend(inst, "api", API_PORT)}]
+    # Every path the API serves under its own prefix; OpenAI clients and MCP clients call /v1 and /mcp.
+    paths = [
+        {"path": path, "pathType": "Prefix", "backend": _backend(inst, "api", API_PORT)}
+        for path in ("/api", "/v1", "/mcp")
+    ]
     if inst.spec.components.frontend.enabled:
         paths.append(
             {"path": "/", "pathType": "Prefix", "backend": _backend(inst, "frontend", FRONTEND_PORT)}

@@ -1,0 +1,108 @@
+"""The `graph` search mode: entities and relations that match the query, their neighbourhood, and the
+chunks that support them.
+
+1. Entities: those whose normalised name is a word n-gram of the query (score 1), and the nearest by
+   embedding (score: cosine similarity), the best MAX_ENTITIES kept.
+2. Relations: the nearest by embedding, and every relation of a matched entity (its neighbourhood,
+   scored by the entity's score times NEIGHBOUR_DISCOUNT), the best MAX_RELATIONS kept.
+3. Chunks: each chunk that mentions a kept entity or relation scores the sum of their scores; the
+   ranking is divided by its best score (0..1, as hybrid fusion expects).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from aperag.graph.model import normalise_name
+from aperag.graph.store import vector_literal
+from aperag.stores import Hit
+
+MAX_ENTITIES = 12
+MAX_RELATIONS = 24
+NEIGHBOUR_DISCOUNT = 0.5
+# Below this cosine similarity an entity or relation found by embedding alone is not a match.
+MIN_SIMILARITY = 0.35
+_TOKEN = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class GraphMatch:
+    entities: dict[int, float]
+    relations: dict[int, float]
+    hits: list[Hit]
+
+
+def query_ngrams(query: str, longest: int = 4) -> list[str]:
+    words = [normalise_name(w) for w in _TOKEN.findall(query)]
+    words = [w for w in words if w]
+    grams = {" ".join(words[i : i + n]) for n in range(1, longest + 1) for i in range(len(words) - n + 1)}
+    return sorted(grams)
+
+
+def graph_search(
+    session: Session, collection_id: str, query: str, query_vector: npt.NDArray[np.float32] | None, depth: int
+) -> GraphMatch:
+    entities: dict[int, float] = {}
+    for row in session.execute(
+        text("SELECT id FROM graph_entities WHERE collection_id = :c AND name_key = ANY(:k)"),
+        {"c": collection_id, "k": query_ngrams(query)},
+    ):
+        entities[row[0]] = 1.0
+    relations: dict[int, float] = {}
+    q = vector_literal(query_vector) if query_vector is not None else None
+    if q is not None:
+        for row in session.execute(
+            text(
+                "SELECT id, 1 - (embedding <=> CAST(:q AS vector)) FROM graph_entities"
+                " WHERE collection_id = :c AND embedding IS NOT NULL"
+                " ORDER BY embedding <=> CAST(:q AS vector) LIMIT :n"
+            ),
+            {"c": collection_id, "q": q, "n": MAX_ENTITIES},
+        ):
+            if row[1] >= MIN_SIMILARITY:
+                entities[row[0]] = max(entities.get(row[0], 0.0), float(row[1]))
+        for row in session.execute(
+            text(
+                "SELECT id, 1 - (embedding <=> CAST(:q AS vector)) FROM graph_relations"
+                " WHERE collection_id = :c AND embedding IS NOT NULL"
+                " ORDER BY embedding <=> CAST(:q AS vector) LIMIT :n"
+            ),
+            {"c": collection_id, "q": q, "n": MAX_RELATIONS},
+        ):
+            if row[1] >= MIN_SIMILARITY:
+                relations[row[0]] = float(row[1])
+    entities = dict(sorted(entities.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_ENTITIES])
+    if entities:
+        for row in session.execute(
+            text(
+                "SELECT id, source_id, target_id FROM graph_relations"
+                " WHERE source_id = ANY(:e) OR target_id = ANY(:e) ORDER BY weight DESC, id LIMIT :n"
+            ),
+            {"e": list(entities), "n": MAX_RELATIONS * 4},
+        ):
+            score = NEIGHBOUR_DISCOUNT * max(entities.get(row[1], 0.0), entities.get(row[2], 0.0))
+            relations[row[0]] = max(relations.get(row[0], 0.0), score)
+    relations = dict(sorted(relations.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_RELATIONS])
+    scores: dict[str, float] = defaultdict(float)
+    if entities:
+        for row in session.execute(
+            text("SELECT entity_id, chunk_id FROM graph_entity_mentions WHERE entity_id = ANY(:e)"),
+            {"e": list(entities)},
+        ):
+            scores[row[1]] += entities[row[0]]
+    if relations:
+        for row in session.execute(
+            text("SELECT relation_id, chunk_id FROM graph_relation_mentions WHERE relation_id = ANY(:r)"),
+            {"r": list(relations)},
+        ):
+            scores[row[1]] += relations[row[0]]
+    best = max(scores.values(), default=1.0) or 1.0
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
+    return GraphMatch(entities, relations, [Hit(cid, s / best) for cid, s in ranked])
