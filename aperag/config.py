@@ -167,6 +167,10 @@ class Settings:
     task_retry_backoff_max: int = 300
     reconcile_interval_seconds: int = 60
     stuck_after_seconds: int = 900
+    # A task taken by a worker that died without acknowledging it (SIGKILL, OOM, a grace period run out)
+    # goes back to the queue this long after it was taken. Longer than the longest task: a task still
+    # running after it is delivered again (the document's lock makes the second delivery skip it).
+    broker_visibility_timeout_seconds: int = 3600
     worker_metrics_port: int = 0
     # Health endpoints of the worker and beat processes (the API serves its own on APERAG_PORT).
     health_port: int = 8001
@@ -324,6 +328,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         task_retry_backoff_max=_get_int(e, "TASK_RETRY_BACKOFF_MAX", 300),
         reconcile_interval_seconds=_get_int(e, "RECONCILE_INTERVAL_SECONDS", 60),
         stuck_after_seconds=_get_int(e, "STUCK_AFTER_SECONDS", 900),
+        broker_visibility_timeout_seconds=_get_positive_int(e, "BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600),
         worker_metrics_port=_get_int(e, "WORKER_METRICS_PORT", 0),
         health_port=_get_int(e, "HEALTH_PORT", 8001),
         llm_api_base=_get(e, "LLM_API_BASE"),

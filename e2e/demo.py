@@ -8,6 +8,11 @@ automatic rollback (0.7.0, whose migration fails: the downgrade runs, 0.6.0 keep
 resource's status and Events. kwok runs no container: the migration reports are played through the
 test-only pod annotations of `spec.upgrade.migrationJob` (docs/design.md).
 
+Then autoscaling with the real KEDA (built from the Go module proxy, e2e/controlplane/keda.py) and a
+real redis-server on 127.0.0.1 (another background process): an ApeRAG whose Redis is that server, its
+workers at zero, a burst of Celery tasks (sent with the app's own dispatcher), the workers following the
+queue up and back down to zero.
+
 `make demo REAL_NODE=1` (``--real-node``; the cluster then has a real kubelet node) goes on with
 real containers: the app image in the versions of the real-node tests (tests/realnode/images.py) is
 imported into the node, a PostgreSQL (pgvector) and a redis-server start on 127.0.0.1, the test webhook
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 STATE = ROOT / ".cluster"
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 SHARED_CRDS = Path(os.environ.get("APERAG_SHARED_DIR", ROOT.parent / "shared")) / "fixtures" / "crds"
@@ -73,7 +79,8 @@ def start_background(name: str, argv: list[str], env: dict[str, str]) -> None:
 def stop_background() -> None:
     """Stops the processes the demo started: the pids in its pid files, if they still run our module."""
     for name, module in (("operator", "aperag_operator"), ("kubeblocks-simulator", "run_kubeblocks"),
-                         ("placement-webhook", "tests.harness.realnode"), ("redis", "redis-server")):  # fmt: skip
+                         ("placement-webhook", "tests.harness.realnode"), ("redis", "redis-server"),
+                         ("queue-redis", "redis-server")):  # fmt: skip
         pid_file = STATE / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -97,6 +104,11 @@ def stop_background() -> None:
             os.kill(pid, signal.SIGINT)
             wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, what="PostgreSQL to stop")
             print(f"[demo] stopped PostgreSQL ({pid})")
+    # KEDA (started by the autoscaling part): recorded with the cluster's processes, so the cluster's
+    # `down` would stop it too; stopped here with its APIService, so `demo.py stop` alone leaves nothing.
+    from e2e.controlplane import keda
+
+    keda.down(STATE)
 
 
 # --- the real node (--real-node) --------------------------------------------------------------
@@ -313,8 +325,104 @@ def main() -> int:
         labels={"kwok.aperag.io/fail-upgrade": "true"},
     )
     follow(name, "0.6.0", "Failed", told)
+    autoscaling(env)
     print(f"export KUBECONFIG={STATE / 'admin.kubeconfig'}   # then: make cluster-down")
     return 0
+
+
+QUEUE_PASSWORD = "demo-queue"
+QUEUE_DEMO = "queue"
+
+
+def autoscaling(env: dict[str, str]) -> None:
+    """The real KEDA scales the workers of an ApeRAG on its Celery queue, from zero and back."""
+    import socket
+
+    from aperag.ingest.dispatch import CeleryDispatcher
+    from e2e.controlplane import keda
+
+    print("== autoscaling: the real KEDA (operator and metrics API server) scales the workers on the queue")
+    keda.up(STATE)
+    # Its own redis-server (with a password, which KEDA reads from the Secret): not the real-node demo's.
+    port_file = STATE / "queue-redis.port"
+    if not (STATE / "queue-redis.pid").exists() or not port_file.exists():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port_file.write_text(str(sock.getsockname()[1]))
+    port = int(port_file.read_text())
+    (STATE / "queue-redis").mkdir(exist_ok=True)
+    start_background("queue-redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "no", "--dir", str(STATE / "queue-redis"),
+                                     "--requirepass", QUEUE_PASSWORD], env)  # fmt: skip
+    secrets = {
+        "queue-pg": ["--from-literal=username=u", "--from-literal=password=p"],
+        "queue-redis": [f"--from-literal=password={QUEUE_PASSWORD}"],
+        "queue-s3": ["--from-literal=accessKeyId=a", "--from-literal=secretAccessKey=b"],
+    }
+    for secret, data in secrets.items():
+        kubectl("create", "secret", "generic", secret, "-n", NAMESPACE, *data, check=False)
+    body = {
+        "apiVersion": "aperag.io/v1alpha1", "kind": "ApeRAG", "metadata": {"name": QUEUE_DEMO},
+        "spec": {
+            "version": "0.5.0",
+            "components": {"frontend": {"enabled": False}, "api": {"replicas": 1}},
+            "databases": {
+                "postgresql": {"external": {"host": "pg.demo.internal", "credentialsSecretRef": {"name": "queue-pg"}}},
+                "redis": {"external": {"host": "127.0.0.1", "port": port,
+                                       "credentialsSecretRef": {"name": "queue-redis", "usernameKey": ""}}},
+            },
+            "objectStorage": {"type": "s3", "s3": {"bucket": "docs", "credentialsSecret": {"name": "queue-s3"}}},
+            "autoscaling": {"worker": {"enabled": True, "minReplicas": 0, "maxReplicas": 5, "listLength": 2,
+                                       "pollingInterval": 2, "cooldownPeriod": 10,
+                                       "scaleDown": {"stabilizationWindowSeconds": 0}}},
+        },
+    }  # fmt: skip
+    print(f"== applying aperag/{QUEUE_DEMO}: workers on the queue of redis-server 127.0.0.1:{port}, 0 to 5")
+    subprocess.run([KUBECTL, f"--kubeconfig={STATE / 'admin.kubeconfig'}", "apply", "--server-side", "-n", NAMESPACE,
+                    "-f", "-"], input=json.dumps(body), check=True, capture_output=True, text=True)  # fmt: skip
+
+    def status() -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(kubectl("get", "aperag", QUEUE_DEMO, "-n", NAMESPACE, "-o", "json").stdout)
+        return result.get("status") or {}
+
+    def condition(ctype: str) -> dict[str, Any]:
+        return next((c for c in status().get("conditions", []) if c["type"] == ctype), {})
+
+    wait_for(lambda: condition("AutoscalingReady").get("status") == "True", timeout=180, what="AutoscalingReady")
+    ready = condition("AutoscalingReady")
+    print(f"   AutoscalingReady=True ({ready['reason']}): {ready['message']}")
+
+    def workers() -> tuple[int, int]:
+        dep = json.loads(kubectl("get", "deployment", f"{QUEUE_DEMO}-worker", "-n", NAMESPACE, "-o", "json").stdout)
+        return int(dep["spec"].get("replicas", 1)), int(dep["status"].get("readyReplicas") or 0)
+
+    def follow_workers(target: int, what: str, timeout: float = 180) -> None:
+        start, last = time.monotonic(), None
+        while True:
+            now = workers()
+            if now != last:
+                print(f"   {time.monotonic() - start:5.1f}s  workers {now[1]}/{now[0]} ready")
+                last = now
+            if now == (target, target):
+                return
+            if time.monotonic() - start > timeout:
+                raise SystemExit(f"demo: timed out waiting for {what}")
+            time.sleep(0.5)
+
+    follow_workers(0, "the workers at zero (an empty queue)")
+    print("== a burst: 10 tasks on the Celery queue (listLength 2: 5 workers)")
+    dispatcher = CeleryDispatcher(f"redis://:{QUEUE_PASSWORD}@127.0.0.1:{port}/0")
+    for index in range(10):
+        dispatcher.enqueue(f"demo-document-{index}")
+    follow_workers(5, "5 workers")
+    print("== the queue emptied (kwok's workers consume nothing: the demo deletes it)")
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=port, password=QUEUE_PASSWORD).delete("celery")
+    follow_workers(0, "the workers back at zero")
+    worker = status().get("autoscaling", {}).get("worker", {})
+    print(f"   status.autoscaling.worker: {worker.get('kind')} {worker.get('name')}, {worker.get('metric')}")
+    print(kubectl("get", "scaledobject,hpa", "-n", NAMESPACE).stdout)
 
 
 def migration_report(action: str, before: list[str], current: list[str], ok: bool = True) -> str:

@@ -1,4 +1,8 @@
-"""The Celery app used by `aperag worker` and `aperag beat`. Broker: Redis, queue `celery`."""
+"""The Celery app used by `aperag worker` and `aperag beat`. Broker: Redis.
+
+Queues: `celery` holds the ingestion tasks (what the operator's KEDA ScaledObject scales the workers on);
+`aperag-periodic` the beat's maintenance task, which the workers consume too but which wakes no worker
+scaled to zero (it expires after one interval: the next one does the same work)."""
 
 from __future__ import annotations
 
@@ -14,9 +18,21 @@ from aperag.context import AppContext
 log = logging.getLogger(__name__)
 
 _settings = load_settings()
+#: The ingestion queue (a Redis list of this name) and the queue of the periodic maintenance task.
+QUEUE = "celery"
+PERIODIC_QUEUE = "aperag-periodic"
+
+_visibility = _settings.broker_visibility_timeout_seconds
 celery_app = Celery("aperag", broker=_settings.redis_url if _settings.redis_configured else "memory://")
 celery_app.conf.update(
-    task_default_queue="celery",
+    task_default_queue=QUEUE,
+    # A task whose worker died unacknowledged is restored to the queue after the visibility timeout,
+    # looked for every tenth of it (at most every 10 s), by any running worker.
+    broker_transport_options={
+        "visibility_timeout": _visibility,
+        "unacked_restore_interval": min(10, max(1, _visibility // 10)),
+        "unacked_restore_throttle": 1,
+    },
     # acks_late + reject_on_worker_lost: a worker killed mid-task leaves the message for another.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -28,6 +44,7 @@ celery_app.conf.update(
         "reconcile-stuck-documents": {
             "task": "aperag.reconcile",
             "schedule": float(_settings.reconcile_interval_seconds),
+            "options": {"queue": PERIODIC_QUEUE, "expires": float(_settings.reconcile_interval_seconds)},
         }
     },
 )

@@ -7,13 +7,21 @@
 # kubernetes version, so the same directory), containerd v2 with its runc shim and ctr (in
 # containerd-<version>/, so a containerd version change builds a new one) and the pause binary of the
 # sandbox image (in pause-<hash of its source>/).
+#
+# `build.sh keda` builds KEDA's operator and metrics API server instead (the autoscaling tests and the
+# demo start them on demand), into a directory of their own.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 gover=$(go env GOVERSION)
 cache_root=${APERAG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aperag-operator}
-bindir=$cache_root/controlplane/k8s-$KUBERNETES_VERSION.etcd-$ETCD_VERSION.kwok-$KWOK_VERSION.helm-$HELM_VERSION.$gover/bin
+target=${1:-controlplane}
+if [ "$target" = keda ]; then
+  bindir=$cache_root/keda/keda-$KEDA_VERSION.$gover/bin
+else
+  bindir=$cache_root/controlplane/k8s-$KUBERNETES_VERSION.etcd-$ETCD_VERSION.kwok-$KWOK_VERSION.helm-$HELM_VERSION.$gover/bin
+fi
 mkdir -p "$bindir"
 # Concurrent runs (two test sessions, a test and the demo) wait for each other instead of racing.
 exec 9>"$bindir/.build.lock"
@@ -46,6 +54,14 @@ k8s_ldflags() {
   done
   echo "$flags"
 }
+
+if [ "$target" = keda ]; then
+  kv="-X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION"
+  build modules/keda keda-operator github.com/kedacore/keda/v2/cmd/operator "$kv"
+  build modules/keda keda-adapter github.com/kedacore/keda/v2/cmd/adapter "$kv"
+  echo "$bindir"
+  exit 0
+fi
 
 build modules/etcd etcd go.etcd.io/etcd/server/v3
 ldf=$(k8s_ldflags)

@@ -262,6 +262,18 @@ def make_pki(pki: Path) -> None:
     (pki / "done").write_text("ok\n")
 
 
+#: The client certificate the API server presents to aggregated API servers (KEDA's metrics API server),
+#: which trust the user it forwards in the X-Remote-* headers only from this name.
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
+
+def ensure_front_proxy_cert(pki: Path) -> None:
+    """The aggregation layer's client certificate (made apart from ``make_pki``, so a state directory
+    made before it existed gets it too)."""
+    if not (pki / f"{FRONT_PROXY_CLIENT}.crt").exists():
+        signed_cert(FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}", pki)
+
+
 def write_kubeconfig(path: Path, server: str, pki: Path, client: str) -> None:
     def b64(name: str) -> str:
         return base64.b64encode((pki / name).read_bytes()).decode()
@@ -297,16 +309,22 @@ def write_kubeconfig(path: Path, server: str, pki: Path, client: str) -> None:
 # --- kwok stages ------------------------------------------------------------------------------
 
 
-def kwok_module_dir() -> Path:
+def module_dir(build_module: str, module: str) -> Path:
+    """Where the Go module cache holds ``module`` as the build module ``modules/<build_module>`` pins it
+    (downloaded from the module proxy if need be): kwok's stages, KEDA's CRDs."""
     result = subprocess.run(
-        ["go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
-        cwd=HERE / "modules" / "kwok",
+        ["go", "list", "-m", "-f", "{{.Dir}}", module],
+        cwd=HERE / "modules" / build_module,
         check=True,
         capture_output=True,
         text=True,
         env={**os.environ, "GOFLAGS": "-mod=mod", "GOSUMDB": "off"},
     )
     return Path(result.stdout.strip())
+
+
+def kwok_module_dir() -> Path:
+    return module_dir("kwok", "sigs.k8s.io/kwok")
 
 
 def _without_markers(stage: dict[str, Any]) -> dict[str, Any]:
@@ -717,6 +735,7 @@ def up(state: Path, *, nodes: int = 2, real_node: bool = False, real_node_wait: 
         (state / sub).mkdir(parents=True)
     pki = state / "pki"
     make_pki(pki)
+    ensure_front_proxy_cert(pki)
     etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
     info = ClusterInfo(
@@ -813,6 +832,15 @@ def _start_processes(
                 # Without the node lifecycle controller nothing would lift the not-ready taint this plugin
                 # puts on new nodes; kwok reports the nodes Ready at once.
                 "--disable-admission-plugins=TaintNodesByCondition",
+                # The aggregation layer (KEDA's external metrics API): who the API server says it
+                # forwards for, and the certificate it proves that with.
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / f'{FRONT_PROXY_CLIENT}.crt'}",
+                f"--proxy-client-key-file={pki / f'{FRONT_PROXY_CLIENT}.key'}",
                 f"--audit-policy-file={state / 'audit-policy.yaml'}",
                 f"--audit-log-path={info.audit_log}",
                 "--audit-log-format=json",

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from aperag_operator.builders.common import Instance, Obj
+from aperag_operator.builders.common import REPLICAS_HANDOVER_MANAGER, Instance, Obj
 from aperag_operator.builders.deployment import enabled_components
 from aperag_operator.builders.deployment import name as deployment_name
 from aperag_operator.cache import (
@@ -378,10 +378,19 @@ class Controller:
         retry = False
         todo = decision.plan
         if not decision.paused:
+            # Replicas an autoscaler takes over are handed over before the Deployment lets go of them; a
+            # Deployment whose handover failed is not applied (it would fall to 1 replica).
+            not_handed_over = set()
+            for handover, failure in await asyncio.gather(*(self._hand_over(o) for o in todo.handover)):
+                if failure is not None:
+                    retry = retry or failure.retryable
+                    not_handed_over.add(key(handover))
+                    problems.append(Problem("ApplyFailed", f"replicas of {handover['kind']} "
+                                            f"{handover['metadata']['name']}: {failure}", False))  # fmt: skip
             # Two waves, each concurrent: everything the pods need first, then the workloads.
             waves = (
                 [o for o in todo.apply if o["kind"] not in WORKLOAD_KINDS],
-                [o for o in todo.apply if o["kind"] in WORKLOAD_KINDS],
+                [o for o in todo.apply if o["kind"] in WORKLOAD_KINDS and key(o) not in not_handed_over],
             )
             for wave in waves:
                 for obj, existed, failure in await asyncio.gather(*(self._apply(o) for o in wave)):
@@ -421,12 +430,13 @@ class Controller:
     def _prunable(self, inst: Instance) -> list[Obj]:
         return self.cache.owned(inst.uid, [k.type_path for k in self.pruned_kinds])
 
-    def _components(self, inst: Instance) -> dict[str, ComponentState]:
+    def _components(self, inst: Instance, autoscaled: frozenset[str]) -> dict[str, ComponentState]:
         states: dict[str, ComponentState] = {}
         for component in enabled_components(inst):
             dep = self.cache.get((DEPLOYMENT.type_path, inst.namespace, deployment_name(inst, component)))
             spec_replicas = 1 if component == "beat" else getattr(inst.spec.components, component).replicas
-            states[component] = component_state(spec_replicas, dep)
+            # An autoscaled component's desired replicas are the Deployment's own (the autoscaler's).
+            states[component] = component_state(None if component in autoscaled else spec_replicas, dep)
         return states
 
     async def _write_status(
@@ -446,7 +456,7 @@ class Controller:
             generation=int(meta.get("generation", 1)),
             version=inst.spec.version if inst else str((body.get("spec") or {}).get("version", "")),
             previous=old,
-            components=self._components(inst) if inst else {},
+            components=self._components(inst, decision.autoscaled) if inst else {},
             problems=problems,
             paused=decision.paused,
             now=_stamp(_now()),
@@ -505,6 +515,21 @@ class Controller:
                 return obj, True, second
         self.cache.put(applied)
         return obj, observed is not None, None
+
+    async def _hand_over(self, obj: Obj) -> tuple[Obj, ApiFailure | None]:
+        """Applies a Deployment's current replicas under the handover manager (not forced). A conflict
+        means another manager (the autoscaler) already owns the field: nothing to hand over."""
+        meta = obj["metadata"]
+        try:
+            self.cache.put(await self.api.apply(obj, field_manager=REPLICAS_HANDOVER_MANAGER, force=False))
+        except ApiFailure as failure:
+            if failure.kind is not Failure.CONFLICT:
+                return obj, failure
+        log.info(
+            "%s %s/%s: spec.replicas (%s) handed over to the autoscaler",
+            obj["kind"], meta["namespace"], meta["name"], obj["spec"]["replicas"],
+        )  # fmt: skip
+        return obj, None
 
     async def _delete(self, k: ObjKey) -> ApiFailure | None:
         type_path, namespace, name = k

@@ -147,3 +147,20 @@ def list_repair_patch(desired: Obj, observed: Obj) -> Obj | None:
         patch["metadata"] = {"resourceVersion": rv}
     result: Obj = patch
     return result
+
+
+def applies_field(obj: Obj | None, manager: str, path: tuple[str, ...]) -> bool:
+    """Whether ``manager`` owns the field at ``path`` (e.g. ``("spec", "replicas")``) of ``obj`` through
+    server-side apply, as its ``metadata.managedFields`` say. When such a manager applies a configuration
+    without the field, the API server removes the field unless another manager also owns it."""
+    for entry in ((obj or {}).get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply" or entry.get("subresource"):
+            continue
+        node: Any = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}") if isinstance(node, dict) else None
+            if node is None:
+                break
+        else:
+            return True
+    return False

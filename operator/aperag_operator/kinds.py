@@ -59,6 +59,10 @@ POD_DISRUPTION_BUDGET = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionb
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
 NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 KUBEBLOCKS_CLUSTER = Kind("apps.kubeblocks.io/v1", "Cluster", "clusters")
+HORIZONTAL_POD_AUTOSCALER = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+#: KEDA's kinds (served only where KEDA's CRDs are installed).
+SCALED_OBJECT = Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
+TRIGGER_AUTHENTICATION = Kind("keda.sh/v1alpha1", "TriggerAuthentication", "triggerauthentications")
 
 #: The core children: desired from the spec alone, watched, and deleted when owned by an ApeRAG that
 #: no longer wants them. (The documents PVC belongs to the object-storage contributor, which decides
@@ -94,6 +98,9 @@ KNOWN_KINDS: dict[str, Kind] = {
         INGRESS,
         NETWORK_POLICY,
         KUBEBLOCKS_CLUSTER,
+        HORIZONTAL_POD_AUTOSCALER,
+        SCALED_OBJECT,
+        TRIGGER_AUTHENTICATION,
     )
 }
 

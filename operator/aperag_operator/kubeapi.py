@@ -189,8 +189,9 @@ class KubeApi:
         except (ApiError, httpx.HTTPError) as err:
             raise _failure(err) from err
 
-    async def apply(self, obj: Obj) -> Obj:
-        """Server-side apply under the operator's field manager, taking over conflicting fields."""
+    async def apply(self, obj: Obj, *, field_manager: str = FIELD_MANAGER, force: bool = True) -> Obj:
+        """Server-side apply under the operator's field manager, taking over conflicting fields (another
+        manager, without ``force``, gets a CONFLICT failure where another manager holds a field)."""
         kind = kind_of(obj)
         meta = obj["metadata"]
         try:
@@ -200,8 +201,8 @@ class KubeApi:
                 copy.deepcopy(obj),
                 namespace=meta["namespace"],
                 patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER,
-                force=True,
+                field_manager=field_manager,
+                force=force,
             )
         except (ApiError, httpx.HTTPError) as err:
             raise _failure(err) from err

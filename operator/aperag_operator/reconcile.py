@@ -15,10 +15,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from aperag_operator.builders.children import desired_children
-from aperag_operator.builders.common import PAUSED_ANNOTATION, Instance, Obj
+from aperag_operator.builders.common import FIELD_MANAGER, PAUSED_ANNOTATION, Instance, Obj
 from aperag_operator.contributors.base import Context, Contribution, Contributor, Observed
-from aperag_operator.diff import needs_apply
-from aperag_operator.kinds import WORKLOAD_KINDS, ObjKey, key
+from aperag_operator.diff import applies_field, needs_apply
+from aperag_operator.kinds import DEPLOYMENT, WORKLOAD_KINDS, ObjKey, key
 from aperag_operator.spec.model import ApeRAGSpec, parse_spec
 from aperag_operator.status import Problem
 
@@ -75,6 +75,38 @@ class Plan:
     delete: list[ObjKey] = field(default_factory=list)
     held_back: list[ObjKey] = field(default_factory=list)
     desired: list[Obj] = field(default_factory=list)
+    #: Replicas to apply under ``REPLICAS_HANDOVER_MANAGER`` before the Deployment of the same name is
+    #: applied without them (see :func:`replicas_handover`).
+    handover: list[Obj] = field(default_factory=list)
+
+
+REPLICAS = ("spec", "replicas")
+
+
+def replicas_handover(desired: Obj, observed: Obj | None) -> Obj | None:
+    """The replicas-only object that must be applied under a second field manager before ``desired`` (a
+    Deployment built without ``spec.replicas``: an autoscaler owns them) is applied, or None.
+
+    The server-side apply trap: when the operator is the only manager of ``spec.replicas`` and applies
+    a Deployment without it, the API server removes the field and the Deployment falls back to its
+    default of 1 replica before any autoscaler acted. Applying the current count under another manager
+    first makes that manager a co-owner, so the field survives the operator letting go of it; the
+    autoscaler's next write takes it over (Kubernetes' documented way to hand a field to an HPA).
+    """
+    if desired.get("kind") != DEPLOYMENT.kind or "replicas" in (desired.get("spec") or {}):
+        return None
+    if observed is None or not applies_field(observed, FIELD_MANAGER, REPLICAS):
+        return None
+    replicas = (observed.get("spec") or {}).get("replicas")
+    if replicas is None:
+        return None
+    meta = desired["metadata"]
+    return {
+        "apiVersion": desired["apiVersion"],
+        "kind": desired["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": replicas},
+    }
 
 
 def plan(
@@ -94,8 +126,12 @@ def plan(
         if workloads_blocked and obj["kind"] in WORKLOAD_KINDS:
             result.held_back.append(key(obj))
             continue
-        if needs_apply(obj, observed(key(obj))):
+        current = observed(key(obj))
+        if needs_apply(obj, current):
             result.apply.append(obj)
+            handover = replicas_handover(obj, current)
+            if handover is not None:
+                result.handover.append(handover)
     for obj in prunable:
         if key(obj) not in wanted:
             result.delete.append(key(obj))
@@ -141,6 +177,11 @@ class Decision:
     contributions: Mapping[str, Contribution]
 
     @property
+    def autoscaled(self) -> frozenset[str]:
+        """Components whose replicas belong to an autoscaler (their live replicas are the desired ones)."""
+        return frozenset(c for contribution in self.contributions.values() for c in contribution.autoscaled)
+
+    @property
     def requeue_after(self) -> float | None:
         delays = [c.requeue_after for c in self.contributions.values() if c.requeue_after is not None]
         return min(delays) if delays else None
@@ -181,7 +222,8 @@ def decide(
         raise ValueError(f"contributors disagree on the release the Deployments run: {sorted(releases)}")
     workloads = dataclasses.replace(inst, release=releases.pop()) if releases else inst
     desired = [obj for c in contributions.values() for obj in c.children]
-    desired += desired_children(workloads, env)
+    autoscaled = frozenset(comp for c in contributions.values() for comp in c.autoscaled)
+    desired += desired_children(workloads, env, autoscaled)
     problems = prerequisites + tuple(p for c in contributions.values() for p in c.problems)
     held = any(c.hold_workloads for c in contributions.values())
     result = plan(

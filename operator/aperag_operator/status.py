@@ -47,10 +47,18 @@ class ComponentState:
         }
 
 
-def component_state(desired_replicas: int, deployment: Obj | None) -> ComponentState:
-    """Roll one Deployment's status up into desired/ready/updated/available."""
+def component_state(desired: int | None, deployment: Obj | None) -> ComponentState:
+    """Roll one Deployment's status up into desired/ready/updated/available.
+
+    ``desired`` is the replica count the spec asks for; None when an autoscaler owns the replicas: the
+    Deployment's live ``spec.replicas`` (what the autoscaler last set) is then the count to reach, so a
+    scale-up under way is a rollout in progress and a scale-down is not a failure."""
     if deployment is None:
-        return ComponentState(desired_replicas, 0, 0, 0, desired_replicas == 0 and False)
+        return ComponentState(desired or 0, 0, 0, 0, False)
+    if desired is None:
+        live = (deployment.get("spec") or {}).get("replicas")
+        desired = int(live) if live is not None else 1
+    desired_replicas = desired
     status = deployment.get("status") or {}
     generation = (deployment.get("metadata") or {}).get("generation", 0)
     observed_generation = status.get("observedGeneration", 0)

@@ -51,6 +51,50 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.autoscaling.api.minReplicas", "minReplicas must be <= maxReplicas"],
     ),
     (
+        "worker-min-greater-than-max",
+        {**V, "autoscaling": {"worker": {"enabled": True, "minReplicas": 8, "maxReplicas": 4}}},
+        ["spec.autoscaling.worker.minReplicas", "minReplicas must be <= maxReplicas"],
+    ),
+    (
+        "worker-fallback-above-max",
+        {**V, "autoscaling": {"worker": {"maxReplicas": 4, "fallbackReplicas": 6}}},
+        ["spec.autoscaling.worker.fallbackReplicas", "fallbackReplicas must be <= maxReplicas"],
+    ),
+    (
+        "worker-negative-min",
+        {**V, "autoscaling": {"worker": {"minReplicas": -1}}},
+        ["spec.autoscaling.worker.minReplicas", "greater than or equal to 0"],
+    ),
+    (
+        "api-min-zero",
+        {**V, "autoscaling": {"api": {"minReplicas": 0}}},
+        ["spec.autoscaling.api.minReplicas", "greater than or equal to 1"],
+    ),
+    (
+        "worker-list-length-zero",
+        {**V, "autoscaling": {"worker": {"listLength": 0}}},
+        ["spec.autoscaling.worker.listLength", "greater than or equal to 1"],
+    ),
+    (
+        "scale-down-percent-over-100",
+        {**V, "autoscaling": {"api": {"scaleDown": {"percentPerPeriod": 150}}}},
+        ["spec.autoscaling.api.scaleDown.percentPerPeriod", "less than or equal to 100"],
+    ),
+    (
+        "queue-behind-a-url",
+        {
+            **V,
+            "databases": {"redis": {"external": {"urlSecretRef": {"name": "r", "key": "url"}}}},
+            "autoscaling": {"worker": {"enabled": True}},
+        },
+        ["spec.autoscaling.worker.enabled", "KEDA cannot read a connection URL"],
+    ),
+    (
+        "worker-grace-period-too-short",
+        {**V, "components": {"worker": {"terminationGracePeriodSeconds": 5}}},
+        ["spec.components.worker.terminationGracePeriodSeconds", "greater than or equal to 30"],
+    ),
+    (
         "unknown-component",
         {**V, "components": {"scheduler": {"replicas": 1}}},
         ["spec.components.scheduler", "field not declared in schema"],

@@ -261,8 +261,10 @@ async def test_what_the_operator_writes_has_the_health_argo_cd_should_show_and_t
             after = scrape(op)
             assert total(after, "aperag_operator_apply_errors_total", kind="ConfigMap", reason="ServerError") >= 1
             assert total(before, "aperag_operator_apply_errors_total", kind="ConfigMap") == 0
+            # The failed reconcile is counted when it ends, after it wrote the status: wait for it.
             errors = "aperag_operator_reconciles_total"
-            assert value(after, errors, result="error") > value(before, errors, result="error")
+            await wait_until(lambda: value(scrape(op), errors, result="error") > value(before, errors, result="error"),
+                             timeout=30, what="the failed reconcile counted")  # fmt: skip
         finally:
             cluster.kubectl("delete", "validatingwebhookconfiguration", webhook, "--ignore-not-found")
 

@@ -67,6 +67,7 @@ async def test_the_install_manifest_rbac_is_enough_to_reach_ready(
             "version": "0.5.0",
             "ingress": {"enabled": True, "host": "rag.example.com"},
             "networkPolicy": {"enabled": True},
+            "autoscaling": {"worker": {"enabled": True}, "api": {"enabled": True}},
         },
     }
 
@@ -82,10 +83,22 @@ async def test_the_install_manifest_rbac_is_enough_to_reach_ready(
     for kind, name in [
         ("clusters.apps.kubeblocks.io", "rbac-pg"), ("ingress", "rbac"), ("networkpolicy", "rbac-app"),
         ("deployment", "rbac-api"), ("poddisruptionbudget", "rbac-api"),
+        ("scaledobjects.keda.sh", "rbac-worker"), ("triggerauthentications.keda.sh", "rbac-worker-redis"),
+        ("horizontalpodautoscalers.autoscaling", "rbac-api"),
     ]:  # fmt: skip
         assert kget(cluster, namespace, kind, name) is not None, f"{kind}/{name} missing"
     jobs = (kget(cluster, namespace, "jobs") or {"items": []})["items"]
     assert jobs, "no migration Job"  # Jobs and their Pods too
+    # Autoscaling off: the autoscalers are deleted (and the replicas applied again) under the same rules.
+    body["spec"]["autoscaling"] = {"worker": {"enabled": False}, "api": {"enabled": False}}
+    apply_yaml(cluster, json.dumps(body))
+
+    def autoscalers_gone() -> bool:
+        return all(kget(cluster, namespace, kind, name) is None for kind, name in (
+            ("scaledobjects.keda.sh", "rbac-worker"), ("triggerauthentications.keda.sh", "rbac-worker-redis"),
+            ("horizontalpodautoscalers.autoscaling", "rbac-api")))  # fmt: skip
+
+    await wait_until(autoscalers_gone, timeout=60, what="the autoscalers deleted under the manifest's RBAC")
     denied = denied_lines(manifest_operator.logs())
     assert not denied, denied
     # The writes really were the ServiceAccount's.

@@ -12,6 +12,10 @@ from aperag_operator.spec.model import API_GROUP, API_VERSION, KIND, ApeRAGSpec
 Obj = dict[str, Any]
 
 FIELD_MANAGER = "aperag-operator"
+#: Applies only a Deployment's current ``spec.replicas`` before the operator stops applying the field
+#: (autoscaling turned on): a field its only applier drops is removed by the API server (the Deployment
+#: would fall to 1 replica), so this second manager keeps it until the autoscaler writes it.
+REPLICAS_HANDOVER_MANAGER = "aperag-operator-handover"
 MANAGED_BY = "aperag-operator"
 PART_OF = "aperag"
 APP_NAME = "aperag"

@@ -192,10 +192,23 @@ def container(inst: Instance, component: str, database_env: Sequence[Obj] = ()) 
     return {"name": component, **main, "ports": _ports(component), **_probes(component)}
 
 
-def build(inst: Instance, component: str, database_env: Sequence[Obj] = (), config_hash: str = "") -> Obj:
+def termination_grace_period(spec: ApeRAGSpec, component: str) -> int:
+    """Seconds a stopped pod gets: a worker finishes its running tasks (Celery's warm shutdown)."""
+    return spec.components.worker.termination_grace_period_seconds if component == "worker" else 30
+
+
+def build(
+    inst: Instance,
+    component: str,
+    database_env: Sequence[Obj] = (),
+    config_hash: str = "",
+    *,
+    autoscaled: bool = False,
+) -> Obj:
     """One component's Deployment, running ``inst.workload_release``. ``database_env`` is the databases
     seam (see :func:`.app_pod.app_env`); ``config_hash`` (of the ConfigMap data) goes on the pod
-    template so config changes roll the pods."""
+    template so config changes roll the pods. ``autoscaled``: an autoscaler owns the replicas, so the
+    Deployment is built without ``spec.replicas`` (see ``Contribution.autoscaled``)."""
     spec = component_spec(inst, component)
     version = inst.workload_release.version
     pod_labels = {**spec.pod_labels, **labels(inst, component, version)}
@@ -208,7 +221,7 @@ def build(inst: Instance, component: str, database_env: Sequence[Obj] = (), conf
         strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
     pod: Obj = {
         **pod_spec(inst, component),
-        "terminationGracePeriodSeconds": 120 if component == "worker" else 30,
+        "terminationGracePeriodSeconds": termination_grace_period(inst.spec, component),
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations],
         "affinity": _affinity(inst, component, spec),
@@ -220,7 +233,7 @@ def build(inst: Instance, component: str, database_env: Sequence[Obj] = (), conf
             "kind": "Deployment",
             "metadata": metadata(inst, name(inst, component), component, version),
             "spec": {
-                "replicas": desired_replicas(inst.spec, component),
+                "replicas": None if autoscaled else desired_replicas(inst.spec, component),
                 "revisionHistoryLimit": 5,
                 "selector": {"matchLabels": selector_labels(inst, component)},
                 "strategy": strategy,

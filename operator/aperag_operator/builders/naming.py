@@ -9,7 +9,7 @@ then wait forever (the database never comes up), so the CRD refuses it at admiss
 
 from __future__ import annotations
 
-from aperag_operator.builders import backup_opsrequest, migration_job
+from aperag_operator.builders import autoscaling, backup_opsrequest, migration_job
 from aperag_operator.builders.kubeblocks_cluster import DATABASE_KEYS, ENGINES, cluster_name, service_name
 
 DNS_LABEL_MAX = 63
@@ -20,6 +20,7 @@ REVISION_HASH_LENGTH = 10
 CHILD_SUFFIXES = (
     "", "-config", "-objects", "-api", "-worker", "-beat", "-frontend", "-flower", "-app", "-web",
     "-api-metrics", "-worker-metrics",
+    autoscaling.TRIGGER_AUTHENTICATION_SUFFIX,
 )  # fmt: skip
 
 
@@ -34,6 +35,7 @@ def derived_names(name: str) -> dict[str, str]:
         names[f"KubeBlocks pod revision label of {key}"] = f"{cluster}-{facts.component}-{'x' * REVISION_HASH_LENGTH}"
     names["migration Job"] = name + "x" * migration_job.NAME_SUFFIX_MAX_LEN
     names["backup OpsRequest"] = name + "x" * backup_opsrequest.NAME_SUFFIX_MAX_LEN
+    names["KEDA's HorizontalPodAutoscaler of the workers"] = f"{autoscaling.KEDA_HPA_PREFIX}{name}-worker"
     return names
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aperag_operator.contributors.autoscaling import AutoscalingContributor
 from aperag_operator.contributors.base import Contributor
 from aperag_operator.contributors.databases import DatabasesContributor
 from aperag_operator.contributors.object_storage import ObjectStorageContributor
@@ -10,4 +11,7 @@ from aperag_operator.contributors.upgrades import UpgradesContributor
 
 
 def default_contributors() -> list[Contributor]:
-    return [DatabasesContributor(), ObjectStorageContributor(), UpgradesContributor(), ObservabilityContributor()]
+    return [
+        DatabasesContributor(), ObjectStorageContributor(), AutoscalingContributor(), UpgradesContributor(),
+        ObservabilityContributor(),
+    ]  # fmt: skip

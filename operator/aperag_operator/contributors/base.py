@@ -87,6 +87,10 @@ class Contribution:
     phase: str | None = None
     #: Run this resource's reconcile again after so many seconds (a Job to poll, a deadline).
     requeue_after: float | None = None
+    #: Components whose Deployment's ``spec.replicas`` belongs to an autoscaler: their Deployments are
+    #: built without it (handed over first, so the API server does not reset it), and the status and the
+    #: upgrade health gate count the Deployment's live replicas instead of the spec's.
+    autoscaled: frozenset[str] = frozenset()
 
 
 class Contributor(Protocol):

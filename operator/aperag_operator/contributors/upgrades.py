@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from aperag_operator.builders import backup_opsrequest, deployment, migration_job
 from aperag_operator.builders.common import Instance, Obj
 from aperag_operator.builders.kubeblocks_cluster import managed_databases
+from aperag_operator.contributors.autoscaling import NAME as AUTOSCALING
 from aperag_operator.contributors.base import Context, Contribution
 from aperag_operator.contributors.databases import NAME as DATABASES
 from aperag_operator.kinds import DEPLOYMENT, JOB, Kind, register
@@ -54,8 +55,9 @@ OPSREQUEST = register(
 
 class UpgradesContributor:
     name = NAME
-    #: The databases' gate: no migration starts before they are ready (and their env wires the Jobs).
-    requires: tuple[str, ...] = (DATABASES,)
+    #: The databases' gate: no migration starts before they are ready (and their env wires the Jobs);
+    #: autoscaling: which components' live replicas the health gate counts.
+    requires: tuple[str, ...] = (DATABASES, AUTOSCALING)
     watched_kinds: tuple[Kind, ...] = (JOB, MIGRATION_POD, OPSREQUEST)
     owned_kinds: tuple[Kind, ...] = ()  # create-only; never pruned
 
@@ -89,6 +91,7 @@ class UpgradesContributor:
         deployments = observe_deployments(
             inst.spec,
             {c: observed.get(DEPLOYMENT, deployment.name(inst, c)) for c in deployment.enabled_components(inst)},
+            upstream[AUTOSCALING].autoscaled,
         )
         decision = decide(
             inputs, dict(context.status), UpgradeObserved(jobs=jobs, backups=backups, deployments=deployments),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from aperag_operator.spec.affinity import Affinity, LabelKey, LabelValue
 from aperag_operator.spec.common import (
@@ -175,14 +175,30 @@ class WorkloadSpec(Spec):
 class ApiSpec(WorkloadSpec):
     """The HTTP API (``aperag serve``)."""
 
-    replicas: int = Field(default=2, ge=0, le=1000, description="Number of API pods.")
+    replicas: int = Field(
+        default=2, ge=0, le=1000, description="Number of API pods (not applied while autoscaling.api is enabled)."
+    )
 
 
 class WorkerSpec(WorkloadSpec):
     """The ingestion workers (``aperag worker``, Celery)."""
 
-    replicas: int = Field(default=2, ge=0, le=1000, description="Number of worker pods.")
+    replicas: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Number of worker pods (not applied while autoscaling.worker is enabled).",
+    )
     concurrency: int = Field(default=2, ge=1, le=64, description="Celery worker processes per pod.")
+    termination_grace_period_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="How long a worker pod that is stopped (scale-down, rollout, eviction) may finish its "
+        "running tasks: Celery's warm shutdown takes no new task and waits for the running ones. A task "
+        "still running after this is killed and, acknowledged late, delivered again to another worker "
+        "(after BROKER_VISIBILITY_TIMEOUT_SECONDS). Set it above your longest indexing task.",
+    )
 
 
 class BeatSpec(WorkloadSpec):
@@ -589,33 +605,175 @@ class UpgradeSpec(Spec):
     )
 
 
-# --- placeholders filled by later issues -------------------------------------------------------------
+# --- autoscaling -------------------------------------------------------------------------------------
 
 
-class HorizontalScaling(Spec):
-    """Autoscaling bounds of one component (reserved: filled in by the autoscaling issue)."""
+class ScaleDownSpec(Spec):
+    """How fast an autoscaler removes pods (the HorizontalPodAutoscaler's ``behavior.scaleDown``)."""
+
+    stabilization_window_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="Pods are removed only when every recommendation of this window asks for fewer: a "
+        "short dip in the load does not remove pods.",
+    )
+    pods_per_period: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="At most this many pods are removed per periodSeconds. Unset (and percentPerPeriod "
+        "unset): the HorizontalPodAutoscaler's default (any number at once).",
+    )
+    percent_per_period: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="At most this percentage of the pods is removed per periodSeconds. With podsPerPeriod "
+        "too, the smaller of the two applies.",
+    )
+    period_seconds: int = Field(
+        default=60, ge=1, le=1800, description="The period of podsPerPeriod and percentPerPeriod."
+    )
+
+
+def _bounds_rule() -> Any:
+    return cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", fieldPath=".minReplicas")
+
+
+class WorkerAutoscalingSpec(Spec):
+    """Scale the ingestion workers on the length of the Celery queue they consume, with a KEDA
+    ScaledObject (redis trigger). Without KEDA the workers scale on CPU with a HorizontalPodAutoscaler
+    and the AutoscalingReady condition says so (reason KEDANotInstalled)."""
 
     model_config = spec_config(
         **{
             "x-kubernetes-validations": [
+                _bounds_rule(),
                 cel(
-                    "self.minReplicas <= self.maxReplicas",
-                    "minReplicas must be <= maxReplicas",
-                    fieldPath=".minReplicas",
-                )
+                    "!has(self.fallbackReplicas) || self.fallbackReplicas <= self.maxReplicas",
+                    "fallbackReplicas must be <= maxReplicas",
+                    fieldPath=".fallbackReplicas",
+                ),
             ]
         }
     )
-    enabled: bool = Field(default=False, description="Scale automatically.")
-    min_replicas: int = Field(default=1, ge=1, description="Lower bound of replicas.")
-    max_replicas: int = Field(default=5, ge=1, description="Upper bound of replicas.")
+    enabled: bool = Field(
+        default=False,
+        description="Scale the workers automatically. The autoscaler then owns the worker Deployment's "
+        "replicas: spec.components.worker.replicas is not applied (and given back when this is turned off).",
+    )
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest workers. 0 is allowed: with an empty queue every worker is removed; uploads "
+        "still succeed and their tasks wait in the queue (nothing is lost) until the first task wakes a "
+        "worker (queue longer than activationListLength), which takes up to pollingInterval plus a pod's "
+        "start. The CPU fallback (no KEDA) keeps at least one worker.",
+    )
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Most workers.")
+    list_length: int = Field(
+        default=5,
+        ge=1,
+        le=100000,
+        description="Target queued tasks per worker: the workers are scaled to queue length / listLength.",
+    )
+    activation_list_length: int = Field(
+        default=0,
+        ge=0,
+        le=100000,
+        description="With minReplicas 0: the queue must be longer than this to wake the first worker. Keep "
+        "the default 0 there: a queue of activationListLength tasks or fewer never wakes a worker.",
+    )
+    polling_interval: int = Field(
+        default=30, ge=1, le=3600, description="Seconds between two looks at the queue (KEDA pollingInterval)."
+    )
+    cooldown_period: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="With minReplicas 0: seconds the queue must stay empty before the last workers are "
+        "removed (KEDA cooldownPeriod). Between minReplicas (at least 1) and maxReplicas, scaleDown rules.",
+    )
+    database_index: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="The Redis database of the queue. Unset: the app's REDIS_DB from spec.app.config or a "
+        "literal spec.app.env value, else 0.",
+    )
+    fallback_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Workers to run once reading the queue failed 3 polls in a row (KEDA's fallback). KEDA "
+        "v2.20 applies it only to failures on an open connection: while Redis refuses connections its "
+        "scaler cannot be built, the workers stay as they are and AutoscalingReady says why "
+        "(FailedGetExternalMetric). Unset: no fallback.",
+    )
+    target_cpu_utilization: int = Field(
+        default=80,
+        ge=1,
+        le=1000,
+        description="Only without KEDA: the CPU HorizontalPodAutoscaler's target, in percent of the "
+        "workers' CPU requests.",
+    )
+    scale_down: ScaleDownSpec = Field(default_factory=ScaleDownSpec, description="How fast workers are removed.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WorkerAutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        if self.fallback_replicas is not None and self.fallback_replicas > self.max_replicas:
+            raise ValueError("fallbackReplicas must be <= maxReplicas")
+        return self
+
+
+class ApiAutoscalingSpec(Spec):
+    """Scale the API on CPU (and memory) with an autoscaling/v2 HorizontalPodAutoscaler. Needs the
+    resource metrics API (metrics-server) in the cluster."""
+
+    model_config = spec_config(**{"x-kubernetes-validations": [_bounds_rule()]})
+    enabled: bool = Field(
+        default=False,
+        description="Scale the API automatically. The HorizontalPodAutoscaler then owns the api "
+        "Deployment's replicas: spec.components.api.replicas is not applied (and given back when this is "
+        "turned off).",
+    )
+    min_replicas: int = Field(default=2, ge=1, le=1000, description="Fewest API pods.")
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Most API pods.")
+    target_cpu_utilization: int = Field(
+        default=80, ge=1, le=1000, description="Target average CPU use, in percent of the pods' CPU requests."
+    )
+    target_memory_utilization: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Also scale on memory: target average use in percent of the pods' memory requests. "
+        "Unset: CPU only.",
+    )
+    scale_down: ScaleDownSpec = Field(default_factory=ScaleDownSpec, description="How fast API pods are removed.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ApiAutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        return self
 
 
 class AutoscalingSpec(Spec):
-    """Autoscaling of api and worker (reserved)."""
+    """Autoscaling of the workers (on the queue) and of the API (on CPU). See docs/api.md, "Autoscaling"."""
 
-    api: HorizontalScaling = Field(default_factory=HorizontalScaling, description="Autoscaling of the API.")
-    worker: HorizontalScaling = Field(default_factory=HorizontalScaling, description="Autoscaling of workers.")
+    api: ApiAutoscalingSpec = Field(
+        default_factory=ApiAutoscalingSpec, description="The API on CPU (and memory), with an HPA."
+    )
+    worker: WorkerAutoscalingSpec = Field(
+        default_factory=WorkerAutoscalingSpec, description="The workers on the Celery queue, with KEDA."
+    )
+
+
+# --- placeholders filled by later issues -------------------------------------------------------------
 
 
 class MetricsSpec(Spec):
@@ -662,8 +820,28 @@ class ObservabilitySpec(Spec):
 # --- the resource ------------------------------------------------------------------------------------
 
 
+#: KEDA's redis scaler takes a host and port (and the credentials from a Secret), never a URL.
+_QUEUE_NEEDS_HOST = (
+    "!self.autoscaling.worker.enabled || !has(self.databases.redis.external) "
+    "|| !has(self.databases.redis.external.urlSecretRef)"
+)
+
+
 class ApeRAGSpec(Spec):
     """Desired state of an ApeRAG deployment."""
+
+    model_config = spec_config(
+        **{
+            "x-kubernetes-validations": [
+                cel(
+                    _QUEUE_NEEDS_HOST,
+                    "autoscaling.worker needs the Redis host: KEDA cannot read a connection URL from a Secret "
+                    "(databases.redis.external.urlSecretRef); set host, port, tls and credentialsSecretRef instead",
+                    fieldPath=".autoscaling.worker.enabled",
+                )
+            ]
+        }
+    )
 
     version: str = Field(
         ...,
@@ -694,11 +872,21 @@ class ApeRAGSpec(Spec):
         description="How version changes are rolled out: migration Job, health gate, automatic rollback.",
     )
     autoscaling: AutoscalingSpec = Field(
-        default_factory=AutoscalingSpec, description="Autoscaling (reserved)."
+        default_factory=AutoscalingSpec,
+        description="Autoscaling: the workers on the Celery queue (KEDA), the API on CPU (HPA).",
     )
     observability: ObservabilitySpec = Field(
         default_factory=ObservabilitySpec, description="Metrics and traces of the app."
     )
+
+    @model_validator(mode="after")
+    def _queue_needs_host(self) -> ApeRAGSpec:
+        external = self.databases.redis.external
+        if self.autoscaling.worker.enabled and external is not None and external.url_secret_ref is not None:
+            raise ValueError(
+                "autoscaling.worker needs the Redis host: KEDA cannot read a connection URL from a Secret"
+            )
+        return self
 
 
 # --- status (documented in the CRD, written by the operator) -----------------------------------------
@@ -828,6 +1016,41 @@ class HistoryEntry(Spec):
     finished_at: str | None = Field(default=None, description="When it ended (RFC 3339).")
 
 
+class AutoscalerCondition(Spec):
+    """A condition of an autoscaler, as the autoscaler reported it."""
+
+    type: str = Field(..., description="Ready, Active, Fallback, Paused (ScaledObject); AbleToScale, "
+                      "ScalingActive, ScalingLimited (HorizontalPodAutoscaler).")
+    status: str = Field(..., description="True, False or Unknown.")
+    # No defaults in the status schema: the stored status must be exactly what the operator wrote, or a
+    # resync would see a difference and write it again.
+    reason: str | None = Field(default=None, description="The autoscaler's reason.")
+    message: str | None = Field(default=None, description="The autoscaler's message.")
+
+
+class ComponentAutoscalingStatus(Spec):
+    """The autoscaler of one component and what it reports."""
+
+    kind: str = Field(..., description="ScaledObject (KEDA) or HorizontalPodAutoscaler.")
+    name: str = Field(..., description="Its name, in the ApeRAG's namespace.")
+    metric: str = Field(..., description="What it scales on (the queue, CPU, memory).")
+    min_replicas: int = Field(..., description="Fewest replicas.")
+    max_replicas: int = Field(..., description="Most replicas.")
+    current_replicas: int | None = Field(default=None, description="Replicas now (the HPA's currentReplicas).")
+    desired_replicas: int | None = Field(
+        default=None, description="Replicas the HPA last asked for (desiredReplicas)."
+    )
+    horizontal_pod_autoscaler: str | None = Field(
+        default=None, description="The HorizontalPodAutoscaler KEDA made for the ScaledObject."
+    )
+    conditions: list[AutoscalerCondition] = Field(
+        default_factory=list, description="The ScaledObject's (or the HPA's) own conditions."
+    )
+    hpa_conditions: list[AutoscalerCondition] = Field(
+        default_factory=list, description="For a ScaledObject: the conditions of the HPA KEDA made for it."
+    )
+
+
 class ApeRAGStatus(Spec):
     """Observed state, written by the operator."""
 
@@ -860,6 +1083,11 @@ class ApeRAGStatus(Spec):
         default_factory=list,
         description="The last spec.upgrade.historyLimit operations (version, image, schema revision, start, "
         "end, outcome), newest last. A rollback needs the target's record here.",
+    )
+    autoscaling: dict[str, ComponentAutoscalingStatus] = Field(
+        default_factory=dict,
+        description="The autoscaler of each autoscaled component (api, worker) with its conditions; the roll-up "
+        "is the AutoscalingReady condition.",
     )
 
 

@@ -4,7 +4,7 @@ Pure: the operator's glue lists the objects and calls these."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from aperag_operator.builders import deployment
@@ -103,8 +103,12 @@ def observe_backup(ops: Obj) -> BackupObservation:
     return BackupObservation(name, str(status.get("phase") or ""), message)
 
 
-def observe_deployments(spec: ApeRAGSpec, deployments: Mapping[str, Obj | None]) -> dict[str, DeploymentObservation]:
-    """Each existing component Deployment: its pod template's release and its rolled-up readiness."""
+def observe_deployments(
+    spec: ApeRAGSpec, deployments: Mapping[str, Obj | None], autoscaled: Collection[str] = ()
+) -> dict[str, DeploymentObservation]:
+    """Each existing component Deployment: its pod template's release and its rolled-up readiness. The
+    replicas of an ``autoscaled`` component are the Deployment's live ones (the autoscaler's), not the
+    spec's: an autoscaler moving them during a rollout neither fails nor passes the health gate early."""
     out: dict[str, DeploymentObservation] = {}
     for component, obj in deployments.items():
         if obj is None:
@@ -112,7 +116,8 @@ def observe_deployments(spec: ApeRAGSpec, deployments: Mapping[str, Obj | None])
         template = (obj.get("spec") or {}).get("template") or {}
         labels = (template.get("metadata") or {}).get("labels") or {}
         containers = (template.get("spec") or {}).get("containers") or [{}]
-        state = component_state(deployment.desired_replicas(spec, component), dict(obj))
+        desired = None if component in autoscaled else deployment.desired_replicas(spec, component)
+        state = component_state(desired, dict(obj))
         version, image = labels.get("app.kubernetes.io/version"), containers[0].get("image")
         out[component] = DeploymentObservation(version, image, state)
     return out
