@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,9 @@ from aperag.context import AppContext
 from aperag.db.models import Chunk, Document, DocumentStatus
 from aperag.embedding import embed_query
 from aperag.stores import FulltextHits, Hit
+
+if TYPE_CHECKING:
+    from aperag.graph.retrieval import GraphContext
 
 Mode = Literal["vector", "fulltext", "hybrid", "graph"]
 MODES: tuple[str, ...] = ("vector", "fulltext", "hybrid", "graph")
@@ -54,6 +57,8 @@ class SearchResult:
 class SearchResponse:
     results: list[SearchResult]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # The entities and relations the graph matched (graph mode, or hybrid with include_graph).
+    graph: GraphContext | None = None
 
 
 def rrf_fuse(vector_hits: list[Hit], text: FulltextHits, k: int = RRF_K) -> list[Hit]:
@@ -106,10 +111,12 @@ Fusion = Callable[[list[Hit], FulltextHits], list[Hit]]
 fuse: Fusion = absolute_fuse
 
 
-def fuse_with_graph(two_way: list[Hit], graph_hits: list[Hit], graph_weight: float = GRAPH_WEIGHT) -> list[Hit]:
-    """(1 - w) * the vector/full-text fusion + w * the graph score (already on 0..1)."""
+def fuse_with_graph(two_way: list[Hit], graph_hits: list[Hit], graph_weight: float | None = None) -> list[Hit]:
+    """(1 - w) * the vector/full-text fusion + w * the graph score (already on 0..1). The weight is read
+    at call time (not bound as a default) so bench/graph_quality.py can sweep it through search()."""
+    weight = GRAPH_WEIGHT if graph_weight is None else graph_weight
     return _combine({h.chunk_id: h.score for h in two_way}, {h.chunk_id: h.score for h in graph_hits},
-                    1.0 - graph_weight)  # fmt: skip
+                    1.0 - weight)  # fmt: skip
 
 
 def search(
@@ -143,12 +150,15 @@ def search(
         with metrics.timed_store("vector", "search", ctx.settings.vector_db_type, top_k=depth):
             vector_hits = ctx.vector_store.search(collection_id, query_vector, depth)
         timings["vector_store"] = (time.perf_counter() - t1) * 1000
+    graph_context: GraphContext | None = None
     if use_graph:
-        from aperag.graph.retrieval import graph_search
+        from aperag.graph.retrieval import describe, graph_search
 
         t2 = time.perf_counter()
         with metrics.timed_store("graph", "search", "postgres", top_k=depth), ctx.sessions() as session:
-            graph_hits = graph_search(session, collection_id, query, query_vector, depth).hits
+            match = graph_search(session, collection_id, query, query_vector, depth)
+            graph_hits = match.hits
+            graph_context = describe(session, match)
         timings["graph_store"] = (time.perf_counter() - t2) * 1000
     if mode in ("fulltext", "hybrid"):
         t0 = time.perf_counter()
@@ -168,7 +178,7 @@ def search(
     results = _ready_results(ctx, ranked, vector_hits, text.hits, top_k, graph_hits)
     timings["total"] = (time.perf_counter() - started) * 1000
     metrics.SEARCH_SECONDS.labels(mode=mode).observe(timings["total"] / 1000)
-    return SearchResponse(results=results, timings_ms=timings)
+    return SearchResponse(results=results, timings_ms=timings, graph=graph_context)
 
 
 def _ready_results(

@@ -33,6 +33,31 @@ _TOKEN = re.compile(r"\S+")
 
 
 @dataclass(frozen=True)
+class MatchedEntity:
+    name: str
+    type: str
+    score: float
+
+
+@dataclass(frozen=True)
+class MatchedRelation:
+    source: str
+    target: str
+    description: str
+    keywords: str
+    score: float
+
+
+@dataclass(frozen=True)
+class GraphContext:
+    """What the graph matched for a query (returned with graph-mode results: the why of the ranking,
+    and what a chat answer can cite), best first."""
+
+    entities: list[MatchedEntity]
+    relations: list[MatchedRelation]
+
+
+@dataclass(frozen=True)
 class GraphMatch:
     entities: dict[int, float]
     relations: dict[int, float]
@@ -106,3 +131,28 @@ def graph_search(
     best = max(scores.values(), default=1.0) or 1.0
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
     return GraphMatch(entities, relations, [Hit(cid, s / best) for cid, s in ranked])
+
+
+def describe(session: Session, match: GraphMatch) -> GraphContext:
+    """Names, types and descriptions of a match's entities and relations (at most MAX_ENTITIES and
+    MAX_RELATIONS rows, by primary key)."""
+    entities: list[MatchedEntity] = []
+    if match.entities:
+        rows = session.execute(
+            text("SELECT id, name, entity_type FROM graph_entities WHERE id = ANY(:e)"), {"e": list(match.entities)}
+        ).all()
+        entities = [MatchedEntity(r[1], r[2], round(match.entities[r[0]], 4)) for r in rows]
+    relations: list[MatchedRelation] = []
+    if match.relations:
+        rows = session.execute(
+            text(
+                "SELECT r.id, s.name, t.name, r.description, r.keywords FROM graph_relations r"
+                " JOIN graph_entities s ON s.id = r.source_id JOIN graph_entities t ON t.id = r.target_id"
+                " WHERE r.id = ANY(:r)"
+            ),
+            {"r": list(match.relations)},
+        ).all()
+        relations = [MatchedRelation(r[1], r[2], r[3], r[4], round(match.relations[r[0]], 4)) for r in rows]
+    entities.sort(key=lambda e: (-e.score, e.name))
+    relations.sort(key=lambda r: (-r.score, r.source, r.target))
+    return GraphContext(entities, relations)
