@@ -81,25 +81,26 @@ def graph_search(
     ):
         entities[row[0]] = 1.0
     relations: dict[int, float] = {}
-    q = vector_literal(query_vector) if query_vector is not None else None
-    if q is not None:
+    if query_vector is not None:
+        # The HNSW indexes of graph.store.ensure_indexes: the same expression and predicate, so the
+        # planner uses them. The collection filter applies after the index scan; iterative scan goes on
+        # until enough rows of this collection are found (as the vector store does).
+        d = len(query_vector)
+        q = vector_literal(query_vector)
+        session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+        session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(2 * MAX_RELATIONS)})
+        nearest = (
+            "SELECT id, 1 - ((embedding::vector({d})) <=> CAST(:q AS vector({d}))) FROM {table}"
+            " WHERE collection_id = :c AND vector_dims(embedding) = {d}"
+            " ORDER BY (embedding::vector({d})) <=> CAST(:q AS vector({d})) LIMIT :n"
+        )
         for row in session.execute(
-            text(
-                "SELECT id, 1 - (embedding <=> CAST(:q AS vector)) FROM graph_entities"
-                " WHERE collection_id = :c AND embedding IS NOT NULL"
-                " ORDER BY embedding <=> CAST(:q AS vector) LIMIT :n"
-            ),
-            {"c": collection_id, "q": q, "n": MAX_ENTITIES},
+            text(nearest.format(d=d, table="graph_entities")), {"c": collection_id, "q": q, "n": MAX_ENTITIES}
         ):
             if row[1] >= MIN_SIMILARITY:
                 entities[row[0]] = max(entities.get(row[0], 0.0), float(row[1]))
         for row in session.execute(
-            text(
-                "SELECT id, 1 - (embedding <=> CAST(:q AS vector)) FROM graph_relations"
-                " WHERE collection_id = :c AND embedding IS NOT NULL"
-                " ORDER BY embedding <=> CAST(:q AS vector) LIMIT :n"
-            ),
-            {"c": collection_id, "q": q, "n": MAX_RELATIONS},
+            text(nearest.format(d=d, table="graph_relations")), {"c": collection_id, "q": q, "n": MAX_RELATIONS}
         ):
             if row[1] >= MIN_SIMILARITY:
                 relations[row[0]] = float(row[1])

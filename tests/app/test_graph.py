@@ -255,3 +255,50 @@ def test_reconcile_backfills_graphs_never_built_or_lost_and_leaves_live_builds_a
         assert status("busy.txt") == "building"
     finally:
         assert dispatcher.stop(grace_seconds=30)
+
+
+def test_graph_vector_lookups_use_the_hnsw_indexes(
+    app_env_factory: Callable[..., dict[str, str]], embedder_warm: None
+) -> None:
+    from sqlalchemy import event
+
+    from aperag.db.session import get_engine
+    from aperag.graph.retrieval import graph_search
+
+    ctx = AppContext(settings=settings_from(app_env_factory()))
+    _ingest(ctx, "g", {"pg.txt": POSTGRES, "redis.txt": REDIS})
+    ctx.ensure_store_schemas()  # what `aperag migrate` and an embedded start run; idempotent
+    dim = ctx.settings.embedding_dimension
+    with ctx.sessions() as session:
+        names = set(session.execute(text("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'")).scalars())
+    assert {f"ix_graph_entities_hnsw_{dim}", f"ix_graph_relations_hnsw_{dim}"} <= names
+    # The statements graph_search really runs, planned with the alternatives discouraged (the tables
+    # are tiny here, a scan and a sort would win): the nearest-neighbour ones must match the indexes
+    # (expression and partial predicate), or no setting makes the planner use them.
+    seen: list[tuple[str, object]] = []
+    engine = get_engine(ctx.settings.database_url)
+
+    def capture(conn: object, cursor: object, statement: str, params: object, *args: object) -> None:
+        if "<=>" in statement:
+            seen.append((statement, params))
+
+    collection = services.get_collection(ctx, "g")
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with ctx.sessions() as session:
+            graph_search(session, collection.id, "VACUUM dead tuples", ctx.embedder.embed_queries(["VACUUM"])[0], 10)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(seen) == 2
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            cursor.execute(f"SET {setting} = off")
+        plans = []
+        for statement, params in seen:
+            cursor.execute("EXPLAIN " + statement, params)
+            plans.append(" ".join(r[0] for r in cursor.fetchall()))
+    finally:
+        raw.close()
+    assert f"ix_graph_entities_hnsw_{dim}" in plans[0] and f"ix_graph_relations_hnsw_{dim}" in plans[1], plans
