@@ -74,3 +74,8 @@ class AppContext:
     def ensure_store_schemas(self) -> None:
         self.vector_store.ensure_schema()
         self.fulltext_store.ensure_schema()
+        from aperag.db.session import get_engine
+        from aperag.graph.store import ensure_indexes
+
+        # The graph's embeddings are in PostgreSQL whatever VECTOR_DB_TYPE says (docs/app.md).
+        ensure_indexes(get_engine(self.settings.database_url), self.settings.embedding_dimension)

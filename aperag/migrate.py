@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,9 +155,7 @@ def locked_connection(url: str, lock_timeout_seconds: int = 600) -> Iterator[Con
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            conn.execute(
-                text("SELECT set_config('lock_timeout', :t, false)"), {"t": f"{lock_timeout_seconds}s"}
-            )
+            conn.execute(text("SELECT set_config('lock_timeout', :t, false)"), {"t": f"{lock_timeout_seconds}s"})
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
             # Session-level lock: commit the implicit transaction so the run starts clean while the
             # lock stays held until we release it.
@@ -169,6 +168,68 @@ def locked_connection(url: str, lock_timeout_seconds: int = 600) -> Iterator[Con
                 conn.commit()
     finally:
         engine.dispose()
+
+
+#: One attempt to lock the app's tables may take this long (statement_timeout), well under PostgreSQL's
+#: deadlock_timeout (1 s by default): a session that waits on a half-done attempt is never left waiting
+#: long enough to find a cycle through it.
+TABLE_LOCK_ATTEMPT_MS = 400
+#: How long a run keeps trying before it fails (MigrationFailed, nothing changed).
+TABLE_LOCK_DEADLINE_SECONDS = 300.0
+_TIMEOUT_SQLSTATES = {"55P03", "57014"}  # lock_not_available, query_canceled (statement_timeout)
+
+
+class TablesBusy(Exception):
+    """Other sessions kept the app's tables locked past the deadline."""
+
+
+def lock_schema_tables(
+    conn: Connection,
+    deadline_seconds: float = TABLE_LOCK_DEADLINE_SECONDS,
+    attempt_ms: int = TABLE_LOCK_ATTEMPT_MS,
+) -> None:
+    """ACCESS EXCLUSIVE on every table of the schema, taken before the first revision runs.
+
+    Why: a run's revisions commit in one transaction, and their DDL takes its locks table by table
+    (0004: ALTER TABLE documents, then foreign keys to chunks) while the running release writes those
+    tables in either order. That is a lock-order cycle; PostgreSQL breaks it by aborting one side, the
+    upgrade (a failed migration and a rollback) or a writer. Taken all at once up front, in attempts
+    bounded by a short statement_timeout and rolled back to a savepoint when they expire (so nothing is
+    held between attempts), the migration never waits while holding a lock: writers and readers wait
+    for it, for its DDL only, and never the other way round."""
+    tables = list(
+        conn.execute(
+            text("SELECT format('%I', tablename) FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
+        ).scalars()
+    )
+    if not tables:
+        return
+    previous = conn.execute(text("SHOW statement_timeout")).scalar_one()
+    deadline = time.monotonic() + deadline_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        savepoint = conn.begin_nested()
+        try:
+            conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": f"{attempt_ms}ms"})
+            conn.execute(text(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE"))
+        except OperationalError as exc:
+            savepoint.rollback()
+            if getattr(exc.orig, "sqlstate", None) not in _TIMEOUT_SQLSTATES:
+                raise
+            if time.monotonic() >= deadline:
+                raise TablesBusy(
+                    f"could not lock the app's tables within {deadline_seconds:.0f} s ({attempt} attempts): "
+                    "other sessions kept them busy; nothing was changed"
+                ) from exc
+            # Let the sessions we waited for finish; jitter so two runners never pace each other.
+            time.sleep(random.uniform(0.05, min(2.0, 0.05 * 2**attempt)))
+            continue
+        savepoint.commit()
+        conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": previous})
+        if attempt > 1:
+            log.info("locked the app's tables after %d attempts", attempt)
+        return
 
 
 def current_revisions(conn: Connection) -> list[str]:
@@ -219,6 +280,8 @@ def run(url: str, action: Action, target: str) -> Report:
             conn.commit()
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
+            # Only a run with something to do locks the tables (env.py): `upgrade head` at head is free.
+            cfg.attributes["lock_tables"] = action == "downgrade" or report.before != found
             try:
                 # Alembic opens the run's one transaction (env.py) and rolls it back on an error. It
                 # owns it, so a revision's autocommit_block (CREATE INDEX CONCURRENTLY) can commit
@@ -292,9 +355,7 @@ def write_report(report: Report, path: str | None) -> None:
     ``/dev/termination-log`` when it exists (the kubelet creates it). Failing to write is logged, never
     fatal: the report is on stdout as well.
     """
-    target = path or os.environ.get(REPORT_FILE_ENV) or (
-        str(TERMINATION_LOG) if TERMINATION_LOG.exists() else None
-    )
+    target = path or os.environ.get(REPORT_FILE_ENV) or (str(TERMINATION_LOG) if TERMINATION_LOG.exists() else None)
     if not target:
         return
     try:

@@ -32,7 +32,10 @@ from aperag.api.schemas import (
     CollectionOut,
     DocumentOut,
     ErrorOut,
+    GraphEntityOut,
+    GraphRelationOut,
     ReadyOut,
+    SearchGraphOut,
     SearchHit,
     SearchOut,
     SearchRequest,
@@ -361,6 +364,14 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
             mode=body.mode,
             results=[SearchHit(**r.__dict__) for r in found.results],
             timings_ms=found.timings_ms,
+            graph=(
+                SearchGraphOut(
+                    entities=[GraphEntityOut(**e.__dict__) for e in found.graph.entities],
+                    relations=[GraphRelationOut(**r.__dict__) for r in found.graph.relations],
+                )
+                if found.graph is not None
+                else None
+            ),
         )
 
     # Route modules: chat and its history, the OpenAI-compatible API, the MCP server (docs/app.md).

@@ -93,10 +93,34 @@ class SearchHit(BaseModel):
     graph_rank: int | None = None
 
 
+class GraphEntityOut(BaseModel):
+    name: str
+    type: str
+    score: float = Field(description="1 for a name the query contains, else the embedding similarity")
+
+
+class GraphRelationOut(BaseModel):
+    source: str
+    target: str
+    description: str
+    keywords: str
+    score: float
+
+
+class SearchGraphOut(BaseModel):
+    entities: list[GraphEntityOut]
+    relations: list[GraphRelationOut]
+
+
 class SearchOut(BaseModel):
     mode: str
     results: list[SearchHit]
     timings_ms: dict[str, float]
+    graph: SearchGraphOut | None = Field(
+        default=None,
+        description="graph mode, or hybrid with include_graph: the entities and relations the query matched,"
+        " best first",
+    )
 
 
 class ReadyOut(BaseModel):

@@ -33,6 +33,31 @@ _TOKEN = re.compile(r"\S+")
 
 
 @dataclass(frozen=True)
+class MatchedEntity:
+    name: str
+    type: str
+    score: float
+
+
+@dataclass(frozen=True)
+class MatchedRelation:
+    source: str
+    target: str
+    description: str
+    keywords: str
+    score: float
+
+
+@dataclass(frozen=True)
+class GraphContext:
+    """What the graph matched for a query (returned with graph-mode results: the why of the ranking,
+    and what a chat answer can cite), best first."""
+
+    entities: list[MatchedEntity]
+    relations: list[MatchedRelation]
+
+
+@dataclass(frozen=True)
 class GraphMatch:
     entities: dict[int, float]
     relations: dict[int, float]
@@ -56,25 +81,26 @@ def graph_search(
     ):
         entities[row[0]] = 1.0
     relations: dict[int, float] = {}
-    q = vector_literal(query_vector) if query_vector is not None else None
-    if q is not None:
+    if query_vector is not None:
+        # The HNSW indexes of graph.store.ensure_indexes: the same expression and predicate, so the
+        # planner uses them. The collection filter applies after the index scan; iterative scan goes on
+        # until enough rows of this collection are found (as the vector store does).
+        d = len(query_vector)
+        q = vector_literal(query_vector)
+        session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+        session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(2 * MAX_RELATIONS)})
+        nearest = (
+            "SELECT id, 1 - ((embedding::vector({d})) <=> CAST(:q AS vector({d}))) FROM {table}"
+            " WHERE collection_id = :c AND vector_dims(embedding) = {d}"
+            " ORDER BY (embedding::vector({d})) <=> CAST(:q AS vector({d})) LIMIT :n"
+        )
         for row in session.execute(
-            text(
-                "SELECT id, 1 - (embedding <=> CAST(:q AS vector)) FROM graph_entities"
-                " WHERE collection_id = :c AND embedding IS NOT NULL"
-                " ORDER BY embedding <=> CAST(:q AS vector) LIMIT :n"
-            ),
-            {"c": collection_id, "q": q, "n": MAX_ENTITIES},
+            text(nearest.format(d=d, table="graph_entities")), {"c": collection_id, "q": q, "n": MAX_ENTITIES}
         ):
             if row[1] >= MIN_SIMILARITY:
                 entities[row[0]] = max(entities.get(row[0], 0.0), float(row[1]))
         for row in session.execute(
-            text(
-                "SELECT id, 1 - (embedding <=> CAST(:q AS vector)) FROM graph_relations"
-                " WHERE collection_id = :c AND embedding IS NOT NULL"
-                " ORDER BY embedding <=> CAST(:q AS vector) LIMIT :n"
-            ),
-            {"c": collection_id, "q": q, "n": MAX_RELATIONS},
+            text(nearest.format(d=d, table="graph_relations")), {"c": collection_id, "q": q, "n": MAX_RELATIONS}
         ):
             if row[1] >= MIN_SIMILARITY:
                 relations[row[0]] = float(row[1])
@@ -106,3 +132,28 @@ def graph_search(
     best = max(scores.values(), default=1.0) or 1.0
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
     return GraphMatch(entities, relations, [Hit(cid, s / best) for cid, s in ranked])
+
+
+def describe(session: Session, match: GraphMatch) -> GraphContext:
+    """Names, types and descriptions of a match's entities and relations (at most MAX_ENTITIES and
+    MAX_RELATIONS rows, by primary key)."""
+    entities: list[MatchedEntity] = []
+    if match.entities:
+        rows = session.execute(
+            text("SELECT id, name, entity_type FROM graph_entities WHERE id = ANY(:e)"), {"e": list(match.entities)}
+        ).all()
+        entities = [MatchedEntity(r[1], r[2], round(match.entities[r[0]], 4)) for r in rows]
+    relations: list[MatchedRelation] = []
+    if match.relations:
+        rows = session.execute(
+            text(
+                "SELECT r.id, s.name, t.name, r.description, r.keywords FROM graph_relations r"
+                " JOIN graph_entities s ON s.id = r.source_id JOIN graph_entities t ON t.id = r.target_id"
+                " WHERE r.id = ANY(:r)"
+            ),
+            {"r": list(match.relations)},
+        ).all()
+        relations = [MatchedRelation(r[1], r[2], r[3], r[4], round(match.relations[r[0]], 4)) for r in rows]
+    entities.sort(key=lambda e: (-e.score, e.name))
+    relations.sort(key=lambda r: (-r.score, r.source, r.target))
+    return GraphContext(entities, relations)

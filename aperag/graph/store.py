@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from aperag.graph.model import ChunkOutcome, Entity, normalise_name
@@ -30,6 +30,29 @@ MERGED_DESCRIPTION_CHARS = 2000
 
 def _collection_lock_key(collection_id: str) -> int:
     return zlib.crc32(collection_id.encode()) | (2 << 40)
+
+
+def ensure_indexes(engine: Engine, dimension: int) -> None:
+    """HNSW indexes on the entities' and relations' embeddings, for the configured dimension.
+
+    Why not in migration 0004: the `embedding` columns are untyped `vector` (the dimension is the
+    embedding model's, a setting), and HNSW indexes a fixed dimension. So, like the vector store's
+    table, they are made by `ensure_store_schemas` (after `aperag migrate`, and at an embedded start):
+    an expression index on `embedding::vector(d)`, partial on `vector_dims(embedding) = d` so rows of
+    another model's dimension neither break the build nor are searched. graph.retrieval queries with the
+    same expression and predicate. Without them a graph search scans every vector exactly: at 10k chunks
+    (35k relations) that was ~90% of its time (docs/benchmarks.md, "Graph")."""
+    d = int(dimension)
+    with engine.begin() as conn:
+        if conn.execute(text("SELECT to_regclass('graph_entities')")).scalar() is None:
+            return  # before revision 0004: nothing to index yet
+        for table in ("graph_entities", "graph_relations"):
+            conn.execute(
+                text(
+                    f"CREATE INDEX IF NOT EXISTS ix_{table}_hnsw_{d} ON {table}"
+                    f" USING hnsw ((embedding::vector({d})) vector_cosine_ops) WHERE vector_dims(embedding) = {d}"
+                )
+            )
 
 
 def vector_literal(vector: npt.NDArray[np.float32] | Sequence[float]) -> str:

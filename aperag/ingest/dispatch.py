@@ -75,6 +75,8 @@ class InProcessDispatcher:
         #: The trace context each queued document was uploaded in (its indexing continues that trace).
         self._contexts: dict[str, dict[str, str]] = {}
         self._tracked: set[str] = set()
+        # Documents whose graph job is queued or running here: the reconciler's graph backfill skips them.
+        self._graph_tracked: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aperag-ingest", daemon=True)
@@ -92,9 +94,15 @@ class InProcessDispatcher:
 
     def enqueue_graph(self, document_id: str) -> None:
         with self._lock:
-            if self._stop.is_set():
+            if self._stop.is_set() or document_id in self._graph_tracked:
                 return
+            self._graph_tracked.add(document_id)
         self._queue.put(GRAPH_PREFIX + document_id)
+
+    def graph_tracked(self) -> set[str]:
+        """Documents whose graph job is queued or running here."""
+        with self._lock:
+            return set(self._graph_tracked)
 
     def tracked(self) -> set[str]:
         """Documents queued or running here (the periodic recovery leaves them alone)."""
@@ -108,7 +116,12 @@ class InProcessDispatcher:
             except queue.Empty:
                 continue
             if document_id.startswith(GRAPH_PREFIX):
-                self._build_graph(document_id[len(GRAPH_PREFIX) :])
+                graph_document = document_id[len(GRAPH_PREFIX) :]
+                try:
+                    self._build_graph(graph_document)
+                finally:
+                    with self._lock:
+                        self._graph_tracked.discard(graph_document)
                 continue
             with self._lock:
                 carrier = self._contexts.pop(document_id, {})

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import Connection, and_, delete, or_, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from aperag import metrics, telemetry
@@ -413,13 +413,62 @@ def stuck_documents(
     return [(r[0], r[1]) for r in rows if r[0] not in exclude]
 
 
+# Graph builds the reconciler queues per run at most: a backfill after the upgrade to revision 0004
+# (every document indexed before it) spreads over runs instead of flooding the queue at once.
+GRAPH_BACKFILL_BATCH = 200
+
+
+def graph_backlog(ctx: AppContext, older_than_seconds: int, exclude: Collection[str] = (),
+                  limit: int = GRAPH_BACKFILL_BATCH) -> list[str]:  # fmt: skip
+    """Ready documents whose graph nobody is building: never queued (indexed before revision 0004, or
+    the broker was away when they turned ready: graph_status NULL), or pending/building for longer
+    than the cutoff (a lost task, a killed worker). Oldest first."""
+    cutoff = datetime.fromtimestamp(time.time() - older_than_seconds, UTC)
+    with ctx.sessions() as session:
+        rows = session.execute(
+            select(Document.id)
+            .where(
+                Document.status == DocumentStatus.READY.value,
+                or_(
+                    and_(Document.graph_status.is_(None), Document.status_changed_at <= cutoff),
+                    and_(Document.graph_status.in_(["pending", "building"]), Document.updated_at <= cutoff),
+                ),
+            )
+            .order_by(Document.status_changed_at, Document.id)
+            .limit(limit + len(exclude))
+        ).all()
+    return [r[0] for r in rows if r[0] not in exclude][:limit]
+
+
+def _requeue_graphs(ctx: AppContext, older_than_seconds: int, exclude: Collection[str]) -> int:
+    from aperag.ingest.dispatch import GraphDispatcher
+
+    if not ctx.settings.graph_enabled or not isinstance(ctx.dispatcher, GraphDispatcher):
+        return 0
+    backlog = graph_backlog(ctx, older_than_seconds, exclude)
+    for document_id in backlog:
+        # `pending` with a fresh updated_at: the next run leaves it alone for another cutoff, so a
+        # long queue is not fed the same document every interval.
+        with ctx.sessions.begin() as session:
+            doc = session.get(Document, document_id)
+            if doc is None:
+                continue
+            doc.graph_status = "pending"
+            doc.updated_at = datetime.now(UTC)
+        ctx.dispatcher.enqueue_graph(document_id)
+    return len(backlog)
+
+
 def reconcile(
-    ctx: AppContext, *, older_than_seconds: int | None = None, exclude: Collection[str] = ()
-) -> dict[str, int]:
+    ctx: AppContext, *, older_than_seconds: int | None = None, exclude: Collection[str] = (),
+    exclude_graphs: Collection[str] = (),
+) -> dict[str, int]:  # fmt: skip
     """Re-dispatch documents stuck in pending/indexing (a lost task, a killed worker or process);
     give up on those that already used all their attempts. `exclude`: documents the caller knows to
-    be queued or running in this very process. Then bring the full-text index up to date with what the
-    previous release's pods wrote during a rollout (`FulltextStore.sync`; one query when nothing)."""
+    be queued or running in this very process. Then queue the graph builds of ready documents that
+    have none coming (graph_backlog; `exclude_graphs`: graph jobs queued or running in this process).
+    Then bring the full-text index up to date with what the previous release's pods wrote during a
+    rollout (`FulltextStore.sync`; one query when nothing)."""
     older = ctx.settings.stuck_after_seconds if older_than_seconds is None else older_than_seconds
     requeued = failed = 0
     for document_id, attempts in stuck_documents(ctx, older, exclude):
@@ -431,9 +480,8 @@ def reconcile(
         if ctx.dispatcher is not None:
             ctx.dispatcher.enqueue(document_id)
         requeued += 1
+    graphs = _requeue_graphs(ctx, older, exclude_graphs)
     synced = ctx.fulltext_store.sync()
     if synced:
         log.info("indexed %d chunks the previous release wrote to the tsvector table", synced)
-    return {"requeued": requeued, "failed": failed, "fulltext_synced": synced}
-
-
+    return {"requeued": requeued, "failed": failed, "graph_requeued": graphs, "fulltext_synced": synced}

@@ -4,7 +4,9 @@ that indexes in-process (embedded mode, or no Redis).
 In embedded mode (`sole_owner`) every `pending`/`indexing` document is re-queued at start: nothing
 else can be working on them, a crash or a kill left them there. Then every
 RECONCILE_INTERVAL_SECONDS, documents stuck longer than STUCK_AFTER_SECONDS that this process is not
-already working on are re-queued, or failed once they used up their attempts.
+already working on are re-queued, or failed once they used up their attempts; ready documents whose
+graph was never built (indexed before revision 0004) or whose build was lost get it queued
+(aperag.ingest.pipeline.graph_backlog).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ class InProcessRecovery:
         self._thread = threading.Thread(target=self._loop, name="aperag-recovery", daemon=True)
 
     def recover_now(self) -> dict[str, int]:
-        result = reconcile(self.ctx, older_than_seconds=0, exclude=self.dispatcher.tracked())
+        result = reconcile(
+            self.ctx, older_than_seconds=0, exclude=self.dispatcher.tracked(),
+            exclude_graphs=self.dispatcher.graph_tracked(),
+        )  # fmt: skip
         if any(result.values()):
             log.info("recovered documents left by an earlier run: %s", result)
         return result
@@ -41,7 +46,9 @@ class InProcessRecovery:
     def _loop(self) -> None:
         while not self._stop.wait(self.ctx.settings.reconcile_interval_seconds):
             try:
-                result = reconcile(self.ctx, exclude=self.dispatcher.tracked())
+                result = reconcile(
+                    self.ctx, exclude=self.dispatcher.tracked(), exclude_graphs=self.dispatcher.graph_tracked()
+                )
                 if any(result.values()):
                     log.info("reconcile: %s", result)
             except Exception as exc:  # the database may be restarting; try again next interval

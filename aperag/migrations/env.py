@@ -9,6 +9,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from aperag.db.models import Base
+from aperag.migrate import lock_schema_tables
 
 config = context.config
 target_metadata = Base.metadata
@@ -17,10 +18,10 @@ target_metadata = Base.metadata
 def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(
-            connection=connection, target_metadata=target_metadata, transaction_per_migration=False
-        )
+        context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=False)
         with context.begin_transaction():
+            if config.attributes.get("lock_tables"):
+                lock_schema_tables(connection)
             context.run_migrations()
         return
     # Plain `alembic` CLI use (development only): no lock.

@@ -318,18 +318,37 @@ class PgFulltextStore:
                 )
                 if not ids:
                     break
-                # No row lock here: a write of the previous release committing after this read queues
-                # its chunk again (the trigger waits for this transaction), and it is indexed next time.
+                # A row that a previous-release transaction is changing right now is left alone and
+                # queued again: reading its old version would index text (or a chunk) about to be gone,
+                # and that write's trigger may already have found the chunk queued (ON CONFLICT DO
+                # NOTHING on the row this transaction consumed), so nothing would queue it afterwards.
+                # SKIP LOCKED, not a wait: those writers may be waiting for this transaction (the trigger's
+                # insert into the queue), and waiting for them would deadlock.
+                present = set(
+                    conn.execute(
+                        text(f"SELECT chunk_id FROM {LEGACY_TABLE} WHERE chunk_id = ANY(:ids)"), {"ids": ids}
+                    ).scalars()
+                )
                 rows = conn.execute(
                     text(
                         f"SELECT chunk_id, document_id, collection_id, text FROM {LEGACY_TABLE}"
-                        " WHERE chunk_id = ANY(:ids) ORDER BY chunk_id"
+                        " WHERE chunk_id = ANY(:ids) ORDER BY chunk_id FOR SHARE SKIP LOCKED"
                     ),
                     {"ids": ids},
                 ).all()
-                delete_chunks_where(conn, "chunk_id = ANY(:v)", ids)
+                busy = present - {r[0] for r in rows}
+                if busy:
+                    conn.execute(
+                        text(f"INSERT INTO {PENDING_TABLE} (chunk_id) SELECT unnest(CAST(:ids AS text[]))"
+                             " ON CONFLICT DO NOTHING"),
+                        {"ids": sorted(busy)},
+                    )  # fmt: skip
+                settled = [i for i in ids if i not in busy]
+                delete_chunks_where(conn, "chunk_id = ANY(:v)", settled)
                 insert_chunks(conn, [IndexedChunk(r[0], r[1], r[2], r[3]) for r in rows])
-                done += len(ids)
+                done += len(settled)
+                if len(busy) == len(ids):
+                    break  # only rows in flight: the next sync (the reconciler's next pass) takes them
         return done
 
     # -- search -----------------------------------------------------------------------------------

@@ -105,6 +105,18 @@ def test_graph_endpoint_pages_and_filters_by_label(
         assert client.get("/api/v1/collections/g/graph", params={"limit": 0}).status_code == 422
         result = client.post("/api/v1/collections/g/search", json={"query": "Redis AOF", "mode": "graph"})
         assert result.status_code == 200 and result.json()["results"][0]["filename"] == "redis.txt"
+        # The response says what the graph matched: the entities the query names (score 1), then their
+        # relations, with names rather than ids.
+        matched = result.json()["graph"]
+        named = {e["name"]: e["score"] for e in matched["entities"]}
+        assert named.get("Redis") == 1.0 and named.get("AOF") == 1.0
+        assert matched["relations"] and all(r["description"] for r in matched["relations"])
+        assert any({r["source"], r["target"]} & {"Redis", "AOF"} for r in matched["relations"])
+        plain = client.post("/api/v1/collections/g/search", json={"query": "Redis AOF", "mode": "hybrid"}).json()
+        assert plain["graph"] is None
+        fused = client.post("/api/v1/collections/g/search",
+                            json={"query": "Redis AOF", "mode": "hybrid", "include_graph": True}).json()  # fmt: skip
+        assert "Redis" in {e["name"] for e in fused["graph"]["entities"]}
 
 
 def test_migration_0004_up_and_down(app_env_factory: Callable[..., dict[str, str]]) -> None:
@@ -195,3 +207,99 @@ def test_model_extraction_through_worker_survives_429_500_slow_and_malformed_ans
 
         wait_until(rebuilt, 120, "the re-indexed document's graph", interval=0.3)
         assert len(llm.requests) == before
+
+
+# --- backfill: graphs of documents indexed before revision 0004, and lost builds -------------------
+
+
+def test_reconcile_backfills_graphs_never_built_or_lost_and_leaves_live_builds_alone(
+    app_env_factory: Callable[..., dict[str, str]], embedder_warm: None
+) -> None:
+    from aperag.ingest.dispatch import InProcessDispatcher
+    from aperag.ingest.pipeline import reconcile
+
+    ctx = AppContext(settings=settings_from(app_env_factory()))
+    services.create_collection(ctx, "g")
+    ids = {}
+    for name, body in {"pg.txt": POSTGRES, "redis.txt": REDIS, "busy.txt": "Kafka keeps an append-only log."}.items():
+        doc = services.upload_document(ctx, "g", name, None, body.encode()).document
+        assert index_document(ctx, doc.id, final_attempt=True) == "ready"  # no dispatcher: no graph queued
+        ids[name] = doc.id
+    with ctx.sessions.begin() as session:
+        # pg.txt: ready an hour before the upgrade added the graph (what migration 0004 leaves: NULL).
+        session.execute(text("UPDATE documents SET graph_status = NULL,"
+                             " status_changed_at = now() - interval '1 hour' WHERE id = :d"), {"d": ids["pg.txt"]})
+        # redis.txt: its build was lost (a worker killed mid-build an hour ago).
+        session.execute(text("UPDATE documents SET graph_status = 'building',"
+                             " updated_at = now() - interval '1 hour' WHERE id = :d"), {"d": ids["redis.txt"]})
+        # busy.txt: being built right now by someone else.
+        session.execute(text("UPDATE documents SET graph_status = 'building', updated_at = now(),"
+                             " status_changed_at = now() - interval '1 hour' WHERE id = :d"), {"d": ids["busy.txt"]})  # fmt: skip  # noqa: E501
+    dispatcher = InProcessDispatcher(ctx, max_retries=1)
+    ctx.dispatcher = dispatcher
+    try:
+        result = reconcile(ctx, exclude_graphs=dispatcher.graph_tracked())
+        assert result["graph_requeued"] == 2 and result["requeued"] == 0
+
+        def status(name: str) -> str | None:
+            with ctx.sessions() as session:
+                return session.execute(text("SELECT graph_status FROM documents WHERE id = :d"),
+                                       {"d": ids[name]}).scalar()  # fmt: skip
+
+        wait_until(lambda: status("pg.txt") == status("redis.txt") == "ready", 120, "backfilled graphs")
+        assert status("busy.txt") == "building"
+        collection = services.get_collection(ctx, "g")
+        found = search(ctx, collection.id, "VACUUM dead tuples", "graph", 5).results
+        assert found and found[0].document_id == ids["pg.txt"]
+        # Nothing left to backfill; the live build is still not touched.
+        assert reconcile(ctx, exclude_graphs=dispatcher.graph_tracked())["graph_requeued"] == 0
+        assert status("busy.txt") == "building"
+    finally:
+        assert dispatcher.stop(grace_seconds=30)
+
+
+def test_graph_vector_lookups_use_the_hnsw_indexes(
+    app_env_factory: Callable[..., dict[str, str]], embedder_warm: None
+) -> None:
+    from sqlalchemy import event
+
+    from aperag.db.session import get_engine
+    from aperag.graph.retrieval import graph_search
+
+    ctx = AppContext(settings=settings_from(app_env_factory()))
+    _ingest(ctx, "g", {"pg.txt": POSTGRES, "redis.txt": REDIS})
+    ctx.ensure_store_schemas()  # what `aperag migrate` and an embedded start run; idempotent
+    dim = ctx.settings.embedding_dimension
+    with ctx.sessions() as session:
+        names = set(session.execute(text("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'")).scalars())
+    assert {f"ix_graph_entities_hnsw_{dim}", f"ix_graph_relations_hnsw_{dim}"} <= names
+    # The statements graph_search really runs, planned with the alternatives discouraged (the tables
+    # are tiny here, a scan and a sort would win): the nearest-neighbour ones must match the indexes
+    # (expression and partial predicate), or no setting makes the planner use them.
+    seen: list[tuple[str, object]] = []
+    engine = get_engine(ctx.settings.database_url)
+
+    def capture(conn: object, cursor: object, statement: str, params: object, *args: object) -> None:
+        if "<=>" in statement:
+            seen.append((statement, params))
+
+    collection = services.get_collection(ctx, "g")
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with ctx.sessions() as session:
+            graph_search(session, collection.id, "VACUUM dead tuples", ctx.embedder.embed_queries(["VACUUM"])[0], 10)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(seen) == 2
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            cursor.execute(f"SET {setting} = off")
+        plans = []
+        for statement, params in seen:
+            cursor.execute("EXPLAIN " + statement, params)
+            plans.append(" ".join(r[0] for r in cursor.fetchall()))
+    finally:
+        raw.close()
+    assert f"ix_graph_entities_hnsw_{dim}" in plans[0] and f"ix_graph_relations_hnsw_{dim}" in plans[1], plans

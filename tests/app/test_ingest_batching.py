@@ -169,7 +169,8 @@ def test_embedded_recovery_requeues_what_a_killed_run_left(make_ctx: Callable[..
     ctx.dispatcher = dispatcher
     recovery = InProcessRecovery(ctx, dispatcher, sole_owner=True)
     try:
-        assert recovery.recover_now() == {"requeued": len(ids), "failed": 0, "fulltext_synced": 0}
+        # Not ready yet: no graph to queue.
+        assert recovery.recover_now() == {"requeued": len(ids), "failed": 0, "graph_requeued": 0, "fulltext_synced": 0}
 
         def all_ready() -> bool:
             statuses = {_doc(ctx, i).status for i in ids.values()}
@@ -177,7 +178,9 @@ def test_embedded_recovery_requeues_what_a_killed_run_left(make_ctx: Callable[..
             return statuses == {"ready"}
 
         wait_until(all_ready, 120, "recovered documents to be indexed")
-        assert recovery.recover_now() == {"requeued": 0, "failed": 0, "fulltext_synced": 0}
+        # Each ready document's graph is queued by its indexing and built by the same thread.
+        wait_until(lambda: {_doc(ctx, i).graph_status for i in ids.values()} == {"ready"}, 120, "graphs to be built")
+        assert recovery.recover_now() == {"requeued": 0, "failed": 0, "graph_requeued": 0, "fulltext_synced": 0}
     finally:
         recovery.stop()
         assert dispatcher.stop(grace_seconds=30)

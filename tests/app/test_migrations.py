@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.pool import NullPool
 
 from aperag import migrate
 from aperag.api.app import create_app
 from aperag.context import AppContext
 from aperag.stores import IndexedChunk
 from aperag.stores.pg_fulltext_store import PgFulltextStore
-from tests.app.conftest import settings_from
+from tests.app.conftest import settings_from, wait_until
 from tests.app.migration_fixtures import (
     failing_release,
     next_release,
@@ -105,6 +106,55 @@ def test_advisory_lock_serialises_runners(app_env_factory: Callable[..., dict[st
     worker.join(timeout=60)
     assert not errors and finished.is_set()
     assert migrate.current(url)["up_to_date"]
+
+
+def _sessions_waiting_on_a_lock(url: str, besides: int) -> int:
+    rows = _sql(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND pid <> :besides",
+        {"besides": besides},
+    )
+    return int(str(rows[0][0]))
+
+
+def test_an_upgrade_under_writers_waits_for_them_instead_of_deadlocking(
+    app_env_factory: Callable[..., dict[str, str]],
+) -> None:
+    """A writer of the running release holds `chunks` and then writes `documents`, while the upgrade from
+    0003 alters `documents` and then references `chunks` (0004): a lock-order cycle, which PostgreSQL
+    breaks by aborting one of them, unless the upgrade takes its locks up front (migrate.lock_schema_tables)."""
+    url = settings_from(app_env_factory(migrate=False)).database_url
+    migrate.upgrade(url, "0003")
+    _sql(url, "INSERT INTO collections (id, name) VALUES ('c1', 'kb')")
+    _sql(
+        url,
+        "INSERT INTO documents (id, collection_id, filename, content_type, content_hash, size_bytes,"
+        " object_key, status) VALUES ('d1', 'c1', 'a.txt', 'text/plain', 'h', 3, 'k', 'indexing')",
+    )
+    _sql(
+        url,
+        "INSERT INTO chunks (id, document_id, collection_id, ordinal, text, token_count, start_char, end_char)"
+        " VALUES ('x1', 'd1', 'c1', 0, 'hello', 1, 0, 5)",
+    )
+    reports: list[migrate.Report] = []
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as writer:
+        writer.execute(text("UPDATE chunks SET text = 'hello again' WHERE id = 'x1'"))
+        writer_pid = int(writer.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        upgrade = threading.Thread(target=lambda: reports.append(migrate.upgrade(url)))
+        upgrade.start()
+        wait_until(lambda: _sessions_waiting_on_a_lock(url, writer_pid) > 0, 60, "the upgrade to wait for the writer")
+        # The writer's second table: with the cycle, this or the upgrade fails with "deadlock detected".
+        writer.execute(text("UPDATE documents SET status = 'ready' WHERE id = 'd1'"))
+        writer.commit()
+    upgrade.join(timeout=120)
+    engine.dispose()
+    assert len(reports) == 1 and reports[0].ok, reports
+    assert reports[0].current == [release_head()]
+    assert _sql(url, "SELECT d.status, c.text FROM documents d JOIN chunks c ON c.document_id = d.id") == [
+        ("ready", "hello again")
+    ]
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -261,9 +311,7 @@ def test_unknown_revision_is_one_line_not_a_traceback(app_env_factory: Callable[
     assert "no_such_revision" in _one_line_error(result)
 
 
-def test_an_older_release_meets_a_newer_schema(
-    app_env_factory: Callable[..., dict[str, str]], tmp_path: Path
-) -> None:
+def test_an_older_release_meets_a_newer_schema(app_env_factory: Callable[..., dict[str, str]], tmp_path: Path) -> None:
     """The database was migrated by a newer release: the older code's upgrade refuses and changes
     nothing, naming the revision it does not know (what the operator reads to refuse a version)."""
     env = app_env_factory()

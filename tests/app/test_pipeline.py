@@ -154,11 +154,11 @@ def test_reconcile_requeues_stuck_documents(ctx: AppContext) -> None:
 
     recorder = Recorder()
     ctx.dispatcher = recorder
-    assert reconcile(ctx) == {"requeued": 1, "failed": 0, "fulltext_synced": 0}
+    assert reconcile(ctx) == {"requeued": 1, "failed": 0, "graph_requeued": 0, "fulltext_synced": 0}
     assert recorder.enqueued == [doc.id]
     assert services.get_document(ctx, "kb", doc.id).status == "pending"
     # A fresh pending document is not stuck.
-    assert reconcile(ctx) == {"requeued": 0, "failed": 0, "fulltext_synced": 0}
+    assert reconcile(ctx) == {"requeued": 0, "failed": 0, "graph_requeued": 0, "fulltext_synced": 0}
 
 
 def test_chunk_rows_match_store_rows(ctx: AppContext) -> None:

@@ -139,3 +139,30 @@ def test_the_users_env_and_config_win() -> None:
 @pytest.mark.parametrize("component", ["api", "worker", "beat", "migration"])
 def test_the_settings_load_without_a_configuration_error(component: str) -> None:
     assert settings_of({}, ACCOUNTS)[component].database_configured
+
+
+def test_chat_model_and_graph_settings_from_config_and_secret_refs() -> None:
+    """The documented way (docs/app.md, "Chat model in a cluster"): endpoint and model in spec.app.env
+    or config, the key from a Secret by reference, the graph's knobs in spec.app.config."""
+    spec = {
+        "app": {
+            "config": {"GRAPH_EXTRACTION_BATCH": "8", "GRAPH_EXTRACTION_CONCURRENCY": "3", "LLM_TIMEOUT_SECONDS": "90"},
+            "env": [
+                {"name": "LLM_API_BASE", "value": "http://vllm.models.svc:8000/v1"},
+                {"name": "LLM_MODEL", "value": "qwen2.5-7b-instruct"},
+                {"name": "LLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm", "key": "apiKey"}}},
+            ],
+        }
+    }
+    secrets = {**ACCOUNTS, "llm": {"apiKey": "sk-llm secret"}}
+    for component, settings in settings_of(spec, secrets).items():
+        assert (settings.llm_api_base, settings.llm_model) == (
+            "http://vllm.models.svc:8000/v1", "qwen2.5-7b-instruct"), component  # fmt: skip
+        assert settings.llm_api_key == "sk-llm secret", component
+        assert settings.llm_timeout_seconds == 90.0, component
+        assert (settings.graph_enabled, settings.graph_extraction_batch, settings.graph_extraction_concurrency) == (
+            True, 8, 3), component  # fmt: skip
+    off = settings_of({"app": {"config": {"GRAPH_ENABLED": "false"}}}, ACCOUNTS)
+    assert not any(s.graph_enabled for s in off.values())
+    # Without a chat model the app runs with the offline extractor: nothing LLM_* is set by the operator.
+    assert all(s.llm_api_base == s.llm_model == s.llm_api_key == "" for s in off.values())
