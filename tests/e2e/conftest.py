@@ -219,3 +219,20 @@ def kubeblocks_simulator(cluster: Cluster, *namespaces: str) -> Iterator[list[Ba
     finally:
         stop.set()
         thread.join(30)
+
+
+@contextlib.contextmanager
+def bare_cluster(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Cluster]:
+    """A fresh local cluster of its own with only the ApeRAG CRD: none of the upstream CRDs (KubeBlocks,
+    KEDA, prometheus-operator), for the tests of what the operator does while they are missing."""
+    from e2e.controlplane.localcluster import down, up
+
+    state = tmp_path_factory.mktemp(name)
+    info = up(state)
+    try:
+        bare = Cluster(info)
+        bare.kubectl("apply", "--server-side", "--field-manager=aperag-tests", "-f", str(CRD_FILE))
+        bare.wait_established("aperags.aperag.io")
+        yield bare
+    finally:
+        down(state)

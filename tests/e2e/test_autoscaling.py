@@ -26,9 +26,8 @@ from aperag_operator.diff import applies_field
 from lightkube import AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 
-from e2e.controlplane.localcluster import down, up
 from tests.conftest import shared_dir
-from tests.e2e.conftest import CRD_FILE, OperatorProcess, apply_yaml, kget, start_operator
+from tests.e2e.conftest import OperatorProcess, apply_yaml, bare_cluster, kget, start_operator
 from tests.e2e.test_engine import EXTERNAL, install_secrets
 from tests.e2e.test_operator_core import cond, manifest, status, wait_idle, wait_ready, writes
 from tests.e2e.test_upgrades import REV1, REV2, apply, history, installed, report, settled, upgrade_spec
@@ -236,15 +235,8 @@ async def test_the_upgrade_health_gate_counts_the_autoscalers_replicas(
 @pytest.fixture(scope="module")
 def no_keda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A fresh cluster without KEDA's CRDs (and without KubeBlocks': the databases are external)."""
-    state = tmp_path_factory.mktemp("no-keda")
-    info = up(state)
-    try:
-        bare = Cluster(info)
-        bare.kubectl("apply", "--server-side", "--field-manager=aperag-tests", "-f", str(CRD_FILE))
-        bare.wait_established("aperags.aperag.io")
+    with bare_cluster(tmp_path_factory, "no-keda") as bare:
         yield bare
-    finally:
-        down(state)
 
 
 async def test_without_keda_the_workers_scale_on_cpu_until_keda_is_installed(no_keda: Cluster, tmp_path: Path) -> None:
@@ -270,6 +262,7 @@ async def test_without_keda_the_workers_scale_on_cpu_until_keda_is_installed(no_
         assert worker_hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
         assert worker_hpa["spec"]["scaleTargetRef"]["name"] == "rag-worker"
         assert kget(bare, ns, "horizontalpodautoscalers.autoscaling", "rag-api") is not None
+
         # The HPA controller's own view is rolled up: no resource metrics API runs in this cluster.
         def api_conditions() -> dict[str, Any]:
             api = status(bare, ns, "rag").get("autoscaling", {}).get("api", {})

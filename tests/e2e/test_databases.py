@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from e2e.controlplane.localcluster import down, up
 from tests.conftest import shared_dir
 from tests.e2e.conftest import (
     CRD_FILE,
     OperatorProcess,
     apply_yaml,
+    bare_cluster,
     kget,
     kubeblocks_simulator,
     start_operator,
@@ -356,15 +356,8 @@ async def test_database_spec_change_updates_the_cluster(
 @pytest.fixture(scope="module")
 def no_kubeblocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A separate fresh cluster that never gets the KubeBlocks CRDs, with the ApeRAG CRD."""
-    state = tmp_path_factory.mktemp("no-kubeblocks")
-    info = up(state)
-    try:
-        bare = Cluster(info)
-        bare.kubectl("apply", "--server-side", "--field-manager=aperag-tests", "-f", str(CRD_FILE))
-        bare.wait_established("aperags.aperag.io")
+    with bare_cluster(tmp_path_factory, "no-kubeblocks") as bare:
         yield bare
-    finally:
-        down(state)
 
 
 async def test_kubeblocks_not_installed(no_kubeblocks: Cluster, tmp_path: Path) -> None:
