@@ -201,18 +201,27 @@ async def test_an_api_that_never_starts_fails_the_health_gate_and_is_rolled_back
     assert report_of(job_pod)["current"] == ["t_flags"]
 
     # The new API pod really exits at start (the kubelet restarts it), so the health gate fails.
-    def crashed() -> dict[str, Any] | None:
+    def crashed() -> str | None:
         for candidate in rag.api_pods():
             if candidate["spec"]["containers"][0]["image"] != images.ref(V4):
                 continue
             for status in candidate.get("status", {}).get("containerStatuses", []):
                 last = status.get("lastState", {}).get("terminated") or status.get("state", {}).get("terminated")
                 if last is not None and last.get("exitCode") == 1:
-                    return candidate
+                    return str(candidate["metadata"]["name"])
         return None
 
     crashing = await wait_until(crashed, timeout=120, what="the 1.3.0 API pod exiting 1")
-    assert images.NEVER_STARTS_MESSAGE in rag.logs(crashing["metadata"]["name"], "--previous")
+
+    def said_why() -> bool:
+        # The exit is the current container's until the kubelet restarts it, the previous one's after.
+        for previous in ([], ["--previous"]):
+            result = rag.cluster.kubectl("logs", "-n", rag.namespace, crashing, *previous, check=False)
+            if result.returncode == 0 and images.NEVER_STARTS_MESSAGE in result.stdout:
+                return True
+        return False
+
+    await wait_until(said_why, timeout=60, what="the 1.3.0 API's own message in its logs")
     # Meanwhile the old pod keeps serving (maxUnavailable 0).
     assert rag.serving_pod(V2) is not None
 
