@@ -21,11 +21,10 @@ from typing import Any
 
 import pytest
 
-from aperag.embedded_pg import EmbeddedPostgres, remove_server, temporary_server
-from bench.common import redis_server
 from e2e.controlplane import realnode
 from e2e.controlplane.localcluster import down, up
 from images.build import build_all
+from tests.app.conftest import postgres, redis_port  # noqa: F401  (the app tests' PostgreSQL and Redis)
 from tests.e2e.conftest import CRD_FILE, OperatorProcess, start_operator
 from tests.harness.cluster import Cluster
 from tests.harness.realnode import PlacementWebhook
@@ -104,23 +103,6 @@ def placement(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -
     finally:
         webhook.stop()
     assert webhook.errors == [], webhook.errors
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[EmbeddedPostgres]:
-    server, base = temporary_server()
-    try:
-        yield server
-    finally:
-        remove_server(server, base)
-
-
-@pytest.fixture(scope="session")
-def redis_port() -> Iterator[int]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (make system-packages)", pytrace=False)
-    with redis_server() as port:
-        yield port
 
 
 @pytest.fixture
