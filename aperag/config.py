@@ -160,6 +160,11 @@ class Settings:
     max_document_chars: int = 5_000_000
 
     api_keys: tuple[str, ...] = field(default_factory=tuple)
+    # The web console (aperag.console) at /console/, served by the API process.
+    console_enabled: bool = True
+    # Signs the console's session cookie; empty: derived from APERAG_API_KEYS (aperag.console.security).
+    console_session_secret: str = ""
+    console_session_hours: int = 12
     api_host: str = "0.0.0.0"
     api_port: int = 8000
 
@@ -322,6 +327,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_document_unpacked_bytes=_get_positive_int(e, "MAX_DOCUMENT_UNPACKED_BYTES", 200 * 1024 * 1024),
         max_document_chars=_get_positive_int(e, "MAX_DOCUMENT_CHARS", 5_000_000),
         api_keys=keys,
+        console_enabled=_get_bool(e, "APERAG_CONSOLE_ENABLED", True),
+        console_session_secret=_get(e, "APERAG_CONSOLE_SESSION_SECRET"),
+        console_session_hours=_get_positive_int(e, "APERAG_CONSOLE_SESSION_HOURS", 12),
         api_host=_get(e, "APERAG_HOST", "0.0.0.0") or "0.0.0.0",
         api_port=_get_int(e, "APERAG_PORT", 8000),
         task_max_retries=_get_int(e, "TASK_MAX_RETRIES", 5),

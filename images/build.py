@@ -161,6 +161,10 @@ def wheelhouse() -> Path:
 
 def project_wheel(out: Path) -> Path:
     """The project's wheel, built from a clean copy of the sources (no stale build/ directory)."""
+    vendored = ROOT / "aperag/console/static/vendor/htmx.min.js"
+    if not vendored.is_file():
+        # Not in git: npm fetches it at build time; a wheel without it serves a console that cannot work.
+        raise SystemExit(f"{vendored.relative_to(ROOT)} is missing: run `make console-assets`")
     with tempfile.TemporaryDirectory(prefix="aperag-src-") as tmp:
         src = Path(tmp)
         for name in ("pyproject.toml", "README.md"):

@@ -381,4 +381,8 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
     from aperag.api.routes import graph as graph_routes
 
     app.include_router(graph_routes.router, dependencies=auth)
+    # Last: it wraps the error handlers registered above so console paths get pages, not JSON.
+    from aperag import console
+
+    console.mount(app, ctx.settings.console_enabled)
     return app
