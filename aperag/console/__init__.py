@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from aperag.console import deps
-from aperag.console.routes import auth, collections
+from aperag.console.routes import auth, chat, collections, documents, graph, search
 from aperag.console.security import SessionCodec
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -28,7 +28,8 @@ def _router() -> APIRouter:
     # The CSRF check sits on the router itself: no unsafe console route can be added without it.
     router = APIRouter(prefix=deps.PREFIX, dependencies=[Depends(deps.verify_csrf)], include_in_schema=False)
     router.include_router(auth.router)
-    router.include_router(collections.router)
+    for area in (collections, documents, search, chat, graph):
+        router.include_router(area.router)
     return router
 
 

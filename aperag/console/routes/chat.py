@@ -1,0 +1,9 @@
+"""The collection's chat page(s)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from aperag.console import deps
+
+router = APIRouter(dependencies=deps.SIGNED_IN)
