@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -104,6 +105,16 @@ def test_app_image_runs_as_the_operator_runs_it(
     probe = pods.container("api")["readinessProbe"]["httpGet"]["path"]
     poll_until(lambda: ready(base + probe, api), timeout=180, what="api /health/ready")
     assert httpx.get(f"{base}/api/v1/collections", timeout=10).status_code == 401
+    # The console comes with the image: its pages, its vendored htmx, a sign-in with the key.
+    with httpx.Client(base_url=base, timeout=10) as browser:
+        sign_in_page = browser.get("/", follow_redirects=True)
+        assert sign_in_page.status_code == 200 and 'id="api_key"' in sign_in_page.text
+        assert browser.get("/console/static/vendor/htmx.min.js").status_code == 200
+        token = re.search(r'name="csrf_token" value="([^"]+)"', sign_in_page.text)
+        assert token is not None
+        signed_in = browser.post("/console/sign-in", data={"api_key": API_KEY, "csrf_token": token.group(1)})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/console/"
+        assert "New collection" in browser.get("/console/").text
 
     created = httpx.post(f"{base}/api/v1/collections", json={"name": "seabirds"}, headers=auth, timeout=10)
     assert created.status_code == 201, created.text
