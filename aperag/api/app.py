@@ -16,8 +16,10 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import Depends, FastAPI, File, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -41,6 +43,7 @@ from aperag.api.schemas import (
     SearchRequest,
     UploadOut,
 )
+from aperag.console.assets import VENDOR_DIR
 from aperag.context import AppContext
 from aperag.db.models import Collection, Document
 from aperag.db.session import get_engine, pool_size, shared_transaction
@@ -135,7 +138,16 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
             for hook in on_shutdown or []:
                 hook()
 
-    app = FastAPI(title="ApeRAG", version="0.1.0", description="Retrieval over your documents.", lifespan=lifespan)
+    # /docs is served below with Swagger UI's files from this app, not FastAPI's default CDN: a cluster
+    # without internet access still gets its API docs, and the page makes no third-party request.
+    app = FastAPI(
+        title="ApeRAG",
+        version="0.1.0",
+        description="Retrieval over your documents.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.ctx = ctx
 
     # async: a plain def dependency would cost every request a hop to the thread pool.
@@ -194,6 +206,18 @@ def create_app(ctx: AppContext, on_shutdown: list[Callable[[], None]] | None = N
         metrics.HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
         return response
+
+    app.mount("/docs/assets", StaticFiles(directory=VENDOR_DIR), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="ApeRAG API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="data:,",  # no favicon request at all,
+        )
 
     @app.get("/health/live", tags=["health"])
     def live() -> dict[str, str]:

@@ -8,7 +8,6 @@ in the API's own threads and connection pool, not the JSON API over HTTP.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -16,10 +15,9 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from aperag.console import deps
+from aperag.console.assets import STATIC_DIR
 from aperag.console.routes import auth, chat, collections, documents, graph, search
 from aperag.console.security import SessionCodec
-
-STATIC_DIR = Path(__file__).parent / "static"
 
 Handler = Callable[[Request, Exception], Any]
 

@@ -137,3 +137,15 @@ def test_the_console_can_be_turned_off(console_factory: Callable[..., TestClient
     assert client.get("/console/", follow_redirects=False).status_code == 404
     assert client.get("/", follow_redirects=False).status_code == 404
     assert client.get("/health/live").status_code == 200
+
+
+def test_the_api_docs_load_swagger_from_this_app(console: TestClient) -> None:
+    import re
+
+    page = console.get("/docs")
+    assert page.status_code == 200
+    assert not re.search(r"https?://", page.text), "the docs page loads something from another site"
+    for asset in re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', page.text):
+        assert console.get(asset).status_code == 200, asset
+    assert len(re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', page.text)) == 2
+    assert console.get("/redoc").status_code == 404
