@@ -12,6 +12,15 @@ _TERM = re.compile(r"\w+")
 # and "fermenting" marks "fermentation": a rough stand-in for the full-text engine's stemming.
 _ENDINGS = ("ing", "es", "ed", "s")
 _MIN_TERM = 2
+# Words too common to be worth marking (the full-text engine ignores them too).
+_STOPWORDS = frozenset(
+    {
+        "a", "an", "and", "are", "as", "at", "be", "but", "by", "do", "does", "did", "for", "from", "has",
+        "have", "how", "if", "in", "into", "is", "it", "its", "of", "on", "or", "so", "than", "that", "the",
+        "their", "them", "then", "there", "these", "they", "this", "to", "was", "were", "what", "when", "where",
+        "which", "who", "why", "will", "with", "you",
+    }
+)  # fmt: skip
 MAX_TERMS = 32
 
 
@@ -26,6 +35,8 @@ def terms_pattern(query: str) -> re.Pattern[str] | None:
     """Matches any word that starts with a query term (case-insensitive); None when nothing to mark."""
     terms: list[str] = []
     for word in _TERM.findall(query.lower()):
+        if word in _STOPWORDS:
+            continue
         stem = _stem(word)
         if len(stem) >= _MIN_TERM and stem not in terms:
             terms.append(stem)

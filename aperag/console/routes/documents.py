@@ -133,9 +133,12 @@ async def upload(request: Request, ctx: deps.CtxDep, ref: str) -> Response:
     """Each file is uploaded on its own: a refused file gets its message, the others are kept."""
     collection = await run_in_threadpool(services.get_collection, ctx, ref)
     form = await request.form()
-    # A form sent with no file chosen carries one empty part without a name.
-    files = [f for f in form.getlist("files") if isinstance(f, UploadFile) and (f.filename or f.size)]
-    results = [await _upload_one(ctx, collection, f) for f in files]
+    try:
+        # A form sent with no file chosen carries one empty part without a name.
+        files = [f for f in form.getlist("files") if isinstance(f, UploadFile) and (f.filename or f.size)]
+        results = [await _upload_one(ctx, collection, f) for f in files]
+    finally:
+        await form.close()  # the spooled temporary files
     error = None if files else "Choose one or more files to upload."
     status = 200 if any(r.ok for r in results) else 400
     if deps.is_htmx(request):

@@ -336,3 +336,23 @@ def test_services_for_the_console(console: TestClient) -> None:
     assert len(chunks) >= 2 and [c.ordinal for c in chunks] == list(range(len(chunks)))
     assert services.chunk_ordinals(ctx, [chunks[1].id, "missing"]) == {chunks[1].id: 1}
     assert services.chunk_ordinals(ctx, []) == {}
+
+
+def test_the_pages_carry_no_inline_code_nor_external_assets(console: TestClient) -> None:
+    cid = create_collection(console, "kb", "d")
+    upload(console, cid, [("a.md", DOCS["volcanoes.md"].encode())])
+    (doc_id,) = rows(wait_statuses(console, cid))
+    for path in (
+        f"/console/collections/{cid}",
+        f"/console/collections/{cid}/documents",
+        f"/console/collections/{cid}/documents/{doc_id}",
+        f"/console/collections/{cid}/documents/{doc_id}/delete",
+        f"/console/collections/{cid}/settings",
+        f"/console/collections/{cid}/search?q=magma",
+    ):
+        html = console.get(path, headers=HTMX if path.endswith("/documents") else {}).text
+        assert "<script>" not in html and " style=" not in html and "<style" not in html, path
+        assert "hx-on" not in html and "javascript:" not in html, path
+        assert not re.search(r"""(src|href|action)=["']?(https?:)?//""", html), path
+        for src in re.findall(r'<script src="([^"]+)"', html):
+            assert src.startswith("/console/static/") and console.get(src).status_code == 200, src
