@@ -72,8 +72,9 @@ def _settings_page(
 
 
 @router.get("/collections/{ref}/settings")
-def settings_page(request: Request, ctx: deps.CtxDep, ref: str) -> Response:
-    return _settings_page(request, services.get_collection(ctx, ref))
+def settings_page(request: Request, ctx: deps.CtxDep, ref: str, saved: str = "") -> Response:
+    notice = "The description was saved." if saved == "1" else None
+    return _settings_page(request, services.get_collection(ctx, ref), settings_notice=notice)
 
 
 @router.post("/collections/{ref}/settings")
@@ -87,7 +88,8 @@ def save_settings(
     except services.InvalidInput as exc:
         message = f"The description was not saved: {exc}."
         return _settings_page(request, collection, 400, description=description, settings_error=message)
-    return _settings_page(request, updated, settings_notice="The description was saved.")
+    # Post/redirect/get: reloading the page does not send the form again.
+    return RedirectResponse(f"{deps.PREFIX}/collections/{updated.id}/settings?saved=1", status_code=303)
 
 
 @router.post("/collections/{ref}/delete")

@@ -28,12 +28,14 @@ FINAL = frozenset({DocumentStatus.READY.value, DocumentStatus.FAILED.value})
 def _filesize(n: int | None) -> str:
     if n is None:
         return ""
-    size = float(n)
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} bytes"  # pragma: no cover - the loop always returns
+    if n < 1024:
+        return f"{n} bytes"
+    size = n / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _timestamp(value: datetime | None) -> str:
