@@ -10,7 +10,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from aperag.context import AppContext
-from aperag.db.models import Collection, Document, DocumentStatus, new_id, utcnow
+from aperag.db.models import Chunk, Collection, Document, DocumentStatus, new_id, utcnow
 from aperag.ingest.pipeline import remove_document_chunks
 from aperag.parsing import ParseLimits, detect_content_type, extract_text
 
@@ -18,6 +18,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Ids are uuid4().hex (aperag.db.models.new_id).
 _ID = re.compile(r"[0-9a-f]{32}")
 _UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# In a description: control characters other than tab, newline and carriage return, and lone surrogates.
+_UNSTORABLE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+MAX_DESCRIPTION = 2000
 
 
 class NotFound(LookupError):
@@ -70,6 +73,22 @@ def get_collection(ctx: AppContext, ref: str) -> Collection:
     if found is None:
         raise NotFound(f"collection {ref!r} not found")
     return found
+
+
+def update_collection_description(ctx: AppContext, ref: str, description: str) -> Collection:
+    """InvalidInput for a description over MAX_DESCRIPTION characters or with control characters."""
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidInput(f"a description is at most {MAX_DESCRIPTION} characters (this one has {len(description)})")
+    if _UNSTORABLE_TEXT.search(description):
+        raise InvalidInput("a description cannot contain control characters")
+    collection = get_collection(ctx, ref)
+    with ctx.sessions.begin() as session:
+        obj = session.get(Collection, collection.id)
+        if obj is None:
+            raise NotFound(f"collection {ref!r} not found")
+        obj.description = description
+    collection.description = description
+    return collection
 
 
 def delete_collection(ctx: AppContext, ref: str) -> None:
@@ -215,3 +234,19 @@ def reindex_document(ctx: AppContext, document_id: str) -> Document:
     if ctx.dispatcher is not None:
         ctx.dispatcher.enqueue(document_id)
     return doc
+
+
+def list_chunks(ctx: AppContext, collection_ref: str, document_id: str) -> list[Chunk]:
+    """The document's chunks in order (none until it has been indexed)."""
+    doc = get_document(ctx, collection_ref, document_id)
+    with ctx.sessions() as session:
+        return list(session.scalars(select(Chunk).where(Chunk.document_id == doc.id).order_by(Chunk.ordinal)))
+
+
+def chunk_ordinals(ctx: AppContext, chunk_ids: list[str]) -> dict[str, int]:
+    """Each chunk's position in its document (what a link to the chunk needs), by chunk id."""
+    if not chunk_ids:
+        return {}
+    with ctx.sessions() as session:
+        rows = session.execute(select(Chunk.id, Chunk.ordinal).where(Chunk.id.in_(chunk_ids))).all()
+    return {r[0]: int(r[1]) for r in rows}
