@@ -39,7 +39,12 @@ class Page:
     def __init__(self, client: TestClient) -> None:
         self.client = client
         self.ctx: AppContext = client.app.state.ctx  # type: ignore[attr-defined]
-        self.ids = seed(self.ctx, "kb", {name: body.encode() for name, body in DOCS.items()})
+        # Indexed here, synchronously: not also by the app's in-process dispatcher (a race for the same task).
+        dispatcher, self.ctx.dispatcher = self.ctx.dispatcher, None
+        try:
+            self.ids = seed(self.ctx, "kb", {name: body.encode() for name, body in DOCS.items()})
+        finally:
+            self.ctx.dispatcher = dispatcher
         sign_in(client)
         page = client.get("/console/").text
         found = re.search(r'href="/console/collections/([0-9a-f]{32})"', page)
