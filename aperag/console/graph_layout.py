@@ -47,7 +47,7 @@ def layout(
             pull = d * length / k
             np.add.at(displacement, ends[:, 0], -pull)
             np.add.at(displacement, ends[:, 1], pull)
-        displacement -= pos * (0.03 / k)  # gravity: unconnected parts stay near the middle
+        displacement -= pos * 10.0  # gravity: separate parts and lone nodes stay near the middle
         size = np.sqrt((displacement**2).sum(axis=1))[:, None] + 1e-9
         pos += displacement / size * np.minimum(size, temperature)
         temperature *= 0.97

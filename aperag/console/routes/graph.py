@@ -69,7 +69,7 @@ def _draw(found: read.Neighbourhood) -> tuple[list[NodeView], list[EdgeView], di
     for e, (x, y) in zip(found.entities, points, strict=True):
         r = round(6 + min(3 * math.sqrt(e.degree), 14), 1)
         nodes.append(NodeView(e.id, e.name, e.label, e.description, e.degree, e.matched, x, y, r, colours[e.label],
-                              round(y + r + 14, 1)))  # fmt: skip
+                              round(y + r + 16, 1)))  # fmt: skip
     by_id = {n.id: n for n in nodes}
     edges = [
         EdgeView(by_id[r.source], by_id[r.target], _relation_text(r.keywords, r.description)) for r in found.relations

@@ -242,6 +242,7 @@
           const empty = document.getElementById("chat-empty");
           if (empty) {
             empty.remove();
+            document.getElementById("conversation-heading").textContent = "Conversation";
           }
           textarea.value = "";
           const n = data.citations.length;
