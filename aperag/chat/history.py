@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from aperag.context import AppContext
 from aperag.db.chat_models import Chat, ChatMessage
@@ -91,3 +91,36 @@ def delete_chat(ctx: AppContext, collection_id: str, chat_id: str) -> None:
     get_chat(ctx, collection_id, chat_id)
     with ctx.sessions.begin() as session:
         session.execute(delete(Chat).where(Chat.id == chat_id))
+
+
+@dataclass(frozen=True)
+class ChatSummary:
+    id: str
+    title: str  # the chat's first question
+    turns: int
+    updated_at: datetime
+
+
+def summaries(ctx: AppContext, collection_id: str, limit: int = 50) -> list[ChatSummary]:
+    """The collection's chats that have at least one turn, the latest first, each titled by its first
+    question (a chat whose first answer failed has none: there is nothing to show for it)."""
+    first = (
+        select(ChatMessage.content)
+        .where(ChatMessage.chat_id == Chat.id, ChatMessage.role == "user")
+        .order_by(ChatMessage.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    turns = (
+        select(func.count())
+        .where(ChatMessage.chat_id == Chat.id, ChatMessage.role == "user")
+        .scalar_subquery()
+    )
+    query = (
+        select(Chat.id, first, turns, Chat.updated_at)
+        .where(Chat.collection_id == collection_id, turns > 0)
+        .order_by(Chat.updated_at.desc(), Chat.id)
+        .limit(limit)
+    )
+    with ctx.sessions() as session:
+        return [ChatSummary(r[0], r[1] or "", int(r[2]), r[3]) for r in session.execute(query)]

@@ -11,27 +11,14 @@ import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
-from starlette.concurrency import run_in_threadpool
 
 from aperag import services
 from aperag.api.chat_schemas import ChatHistoryOut, ChatOut, ChatRequest, ChatSummaryOut, ChatUnavailableOut, MessageOut
 from aperag.api.deps import AUTH, CtxDep, LLMDep, llm_lifespan
 from aperag.api.schemas import ErrorOut
-from aperag.chat import history
-from aperag.chat.prompt import Turn
+from aperag.chat import conversation, history
 from aperag.chat.retrieval import find_collection
-from aperag.chat.service import (
-    Answer,
-    Delta,
-    GenerationFailed,
-    Prepared,
-    answer,
-    citation_json,
-    prepare,
-    source_json,
-    stream_answer,
-    usage_json,
-)
+from aperag.chat.service import GenerationFailed
 
 # The chat model's client lives as long as the app (deps.llm_lifespan); the OpenAI-compatible routes
 # share it.
@@ -63,29 +50,6 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return format_sse_event(event=event, data_str=json.dumps(data, ensure_ascii=False))
 
 
-def _done(chat_id: str, prepared: Prepared, ans: Answer) -> dict[str, Any]:
-    return {
-        "chat_id": chat_id,
-        "answer": ans.text,
-        "citations": [citation_json(s) for s in ans.citations.cited],
-        "unknown_citations": ans.citations.unknown,
-        "sources": [source_json(s) for s in prepared.sources],
-        "usage": usage_json(ans.usage),
-    }
-
-
-async def _remember(ctx: CtxDep, chat_id: str, question: str, ans: Answer) -> None:
-    await run_in_threadpool(
-        history.append_turn,
-        ctx,
-        chat_id,
-        question,
-        ans.text,
-        [citation_json(s) for s in ans.citations.cited],
-        usage_json(ans.usage),
-    )
-
-
 @router.post(
     "/chat",
     response_model=ChatOut,
@@ -97,39 +61,24 @@ async def _remember(ctx: CtxDep, chat_id: str, question: str, ans: Answer) -> No
 )
 async def chat(collection: str, body: ChatRequest, ctx: CtxDep, llm: LLMDep) -> Response:
     coll = await find_collection(ctx, collection)
-    chat_id = await run_in_threadpool(history.open_chat, ctx, coll.id, body.chat_id)
-    past = await run_in_threadpool(history.messages, ctx, chat_id)
-    turns = [Turn(m.role, m.content) for m in past]
     top_k = body.top_k or ctx.settings.chat_top_k
-    prepared = await prepare(ctx, coll, body.message, turns, body.mode, top_k, body.include_graph)
-    sources = [source_json(s) for s in prepared.sources]
+    turn = await conversation.start(ctx, coll, body.message, body.chat_id, body.mode, top_k, body.include_graph)
     try:
         if not body.stream:
-            ans = await answer(llm, prepared)
-            await _remember(ctx, chat_id, body.message, ans)
-            return JSONResponse(_done(chat_id, prepared, ans))
-        events = stream_answer(llm, prepared)
-        # The first event before the response starts: a model failing at once gets its own status.
-        first = await anext(events)
+            return JSONResponse(await conversation.answer_whole(llm, turn))
+        # The model is asked before the response starts: a model failing at once gets its own status.
+        events = await conversation.open_stream(llm, turn)
     except GenerationFailed as exc:
-        return JSONResponse({"detail": exc.detail, "chat_id": chat_id, "sources": sources}, status_code=exc.status)
+        body_out = {"detail": exc.detail, "chat_id": turn.chat_id, "sources": turn.sources_json()}
+        return JSONResponse(body_out, status_code=exc.status)
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            yield _sse("sources", {"chat_id": chat_id, "sources": sources})
-            item = first
-            while isinstance(item, Delta):
-                yield _sse("delta", {"text": item.text})
-                item = await anext(events)
-            await _remember(ctx, chat_id, body.message, item)
-            yield _sse("done", _done(chat_id, prepared, item))
-        except GenerationFailed as exc:
-            yield _sse("error", {"status": exc.status, "detail": exc.detail})
+            async for name, data in events:
+                yield _sse(name, data)
         finally:
-            # Shielded: when the client went away the task is cancelled, and the model's stream must
-            # still be closed now (it would otherwise generate for nobody until garbage collection).
             with anyio.CancelScope(shield=True):
-                await events.aclose()
+                await events.aclose()  # the client went away: close the model's stream now
 
     # no-cache and X-Accel-Buffering: proxies (nginx ingress) must pass events on as they come.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 from aperag import services
 from aperag.api.deps import ContextDep
 from aperag.api.schemas import ErrorOut
+from aperag.graph import read
 
 router = APIRouter(tags=["graph"])
 
@@ -58,30 +58,17 @@ def get_graph(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> GraphOut:
     c = services.get_collection(ctx, collection)
-    where = "collection_id = :c" + (" AND entity_type = :label" if label else "")
-    params: dict[str, object] = {"c": c.id, "label": label, "limit": limit, "offset": offset}
-    with ctx.sessions() as session:
-        total = int(session.execute(text(f"SELECT count(*) FROM graph_entities WHERE {where}"), params).scalar_one())
-        # Most-mentioned first: the first page is the graph's core.
-        rows = session.execute(
-            text(
-                "SELECT e.id, e.name, e.entity_type, e.description,"
-                " (SELECT count(*) FROM graph_entity_mentions m WHERE m.entity_id = e.id) AS chunks"
-                f" FROM graph_entities e WHERE {where} ORDER BY chunks DESC, e.id LIMIT :limit OFFSET :offset"
-            ),
-            params,
-        ).all()
-        nodes = [GraphNode(id=r[0], name=r[1], label=r[2], description=r[3], chunks=r[4]) for r in rows]
-        ids = [n.id for n in nodes]
-        edges = [
-            GraphEdge(id=r[0], source=r[1], target=r[2], description=r[3], keywords=r[4], weight=r[5])
-            for r in session.execute(
-                text(
-                    "SELECT id, source_id, target_id, description, keywords, weight FROM graph_relations"
-                    " WHERE source_id = ANY(:ids) AND target_id = ANY(:ids) ORDER BY weight DESC, id"
-                ),
-                {"ids": ids},
-            )
-        ] if ids else []  # fmt: skip
-    next_offset = offset + limit if offset + limit < total else None
-    return GraphOut(nodes=nodes, edges=edges, total_nodes=total, offset=offset, limit=limit, next_offset=next_offset)
+    found = read.page(ctx, c.id, label, limit, offset)
+    nodes = [
+        GraphNode(id=e.id, name=e.name, label=e.label, description=e.description, chunks=e.chunks)
+        for e in found.entities
+    ]
+    edges = [
+        GraphEdge(id=r.id, source=r.source, target=r.target, description=r.description, keywords=r.keywords,
+                  weight=r.weight)
+        for r in found.relations
+    ]  # fmt: skip
+    next_offset = offset + limit if offset + limit < found.total_entities else None
+    return GraphOut(
+        nodes=nodes, edges=edges, total_nodes=found.total_entities, offset=offset, limit=limit, next_offset=next_offset
+    )
