@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Annotated, Any
@@ -20,7 +20,6 @@ import anyio
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from aperag import services
@@ -30,7 +29,7 @@ from aperag.chat.retrieval import find_collection
 from aperag.chat.service import GenerationFailed
 from aperag.console import deps
 from aperag.context import AppContext
-from aperag.db.models import Chunk, Collection
+from aperag.db.models import Collection
 from aperag.llm import AsyncLLMClient
 
 router = APIRouter(dependencies=deps.SIGNED_IN)
@@ -76,15 +75,6 @@ def _question_problem(question: str) -> str | None:
     return None
 
 
-def _ordinals(ctx: AppContext, chunk_ids: Iterable[str]) -> dict[str, int]:
-    """Each chunk's position in its document: what the document page's anchor (#chunk-N) needs."""
-    ids = list(set(chunk_ids))
-    if not ids:
-        return {}
-    with ctx.sessions() as session:
-        return {r[0]: int(r[1]) for r in session.execute(select(Chunk.id, Chunk.ordinal).where(Chunk.id.in_(ids)))}
-
-
 def _href(collection_id: str, document_id: str, ordinal: int | None) -> str:
     anchor = f"#chunk-{ordinal}" if ordinal is not None else ""
     return f"{deps.PREFIX}/collections/{collection_id}/documents/{document_id}{anchor}"
@@ -117,7 +107,7 @@ class TurnView:
 def _source_views(ctx: AppContext, collection_id: str, items: list[dict[str, Any]]) -> list[SourceView]:
     """Sources or citations as the chat stores and streams them ({n, chunk_id, document_id, filename,
     text?}), with their links."""
-    ordinals = _ordinals(ctx, (i["chunk_id"] for i in items))
+    ordinals = services.chunk_ordinals(ctx, list({i["chunk_id"] for i in items}))
     views = []
     for i in items:
         ordinal = ordinals.get(i["chunk_id"])
