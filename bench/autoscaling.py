@@ -64,7 +64,7 @@ def manifest(ns: str, port: int, min_replicas: int, polling: int, cooldown: int,
         "apiVersion": "aperag.io/v1alpha1", "kind": "ApeRAG", "metadata": {"name": "rag", "namespace": ns},
         "spec": {
             "version": "0.5.0",
-            "components": {"frontend": {"enabled": False}, "beat": {"enabled": False}, "api": {"replicas": 1}},
+            "components": {"beat": {"enabled": False}, "api": {"replicas": 1}},
             "databases": {
                 "postgresql": {"external": {"host": "pg.bench.internal", "credentialsSecretRef": {"name": "pg"}}},
                 "redis": {"external": {"host": "127.0.0.1", "port": port,

@@ -51,7 +51,7 @@ def report(action: str, before: list[str], current: list[str], ok: bool = True) 
 def spec(version: str, annotations: dict[str, str], labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "version": version,
-        "components": {"api": {"replicas": 1}, "worker": {"replicas": 1}, "frontend": {"enabled": False}},
+        "components": {"api": {"replicas": 1}, "worker": {"replicas": 1}},
         "databases": {
             "postgresql": {"external": {"host": "pg.bench.internal", "credentialsSecretRef": {"name": SECRET}}},
             "redis": {"external": {"host": "redis.bench.internal"}},

@@ -173,7 +173,7 @@ def real_node_demo(env: dict[str, str]) -> None:
                 "version": version,
                 "image": {"repository": images.REPOSITORY, "pullPolicy": "Never"},
                 "components": {"api": {"replicas": 1, "podLabels": place}, "worker": {"replicas": 0},
-                               "beat": {"enabled": False}, "frontend": {"enabled": False}},
+                               "beat": {"enabled": False}},
                 "app": {"apiKeysSecret": {"name": "api-keys", "key": "apiKeys"}},
                 "databases": {
                     "postgresql": {"external": {"host": "127.0.0.1", "port": postgres.port, "database": database,
@@ -365,7 +365,7 @@ def autoscaling(env: dict[str, str]) -> None:
         "apiVersion": "aperag.io/v1alpha1", "kind": "ApeRAG", "metadata": {"name": QUEUE_DEMO},
         "spec": {
             "version": "0.5.0",
-            "components": {"frontend": {"enabled": False}, "api": {"replicas": 1}},
+            "components": {"api": {"replicas": 1}},
             "databases": {
                 "postgresql": {"external": {"host": "pg.demo.internal", "credentialsSecretRef": {"name": "queue-pg"}}},
                 "redis": {"external": {"host": "127.0.0.1", "port": port,

@@ -252,8 +252,8 @@ def build_crd() -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "ApeRAG is a complete ApeRAG deployment (API, workers, scheduler, "
-                            "frontend) managed by the aperag-operator.",
+                            "description": "ApeRAG is a complete ApeRAG deployment (API with its web console, workers, "
+                            "scheduler) managed by the aperag-operator.",
                             "required": ["spec"],
                             "x-kubernetes-validations": [
                                 {

@@ -124,9 +124,8 @@ class Cluster:
 def _deployments(release: Release, ready: bool) -> dict[str, DeploymentObservation]:
     state = ComponentState(1, int(ready), 1, int(ready), ready)
     out = {}
-    for component in ("api", "worker", "beat", "frontend"):
-        image = f"ghcr.io/apecloud/aperag-frontend:{release.tag}" if component == "frontend" else release.image
-        out[component] = DeploymentObservation(release.version, image, state)
+    for component in ("api", "worker", "beat"):
+        out[component] = DeploymentObservation(release.version, release.image, state)
     return out
 
 

@@ -47,8 +47,12 @@ async def check_minimal(cluster: Cluster, namespace: str, operator: OperatorProc
     pg = component_spec(cluster, namespace, "demo-pg")
     assert pg["replicas"] == 1 and pg["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
     assert kget(cluster, namespace, "clusters.apps.kubeblocks.io", "demo-redis") is not None
-    for deployment, replicas in (("demo-api", 2), ("demo-worker", 2), ("demo-beat", 1), ("demo-frontend", 1)):
+    for deployment, replicas in (("demo-api", 2), ("demo-worker", 2), ("demo-beat", 1)):
         assert (kget(cluster, namespace, "deployment", deployment) or {})["spec"]["replicas"] == replicas
+    # No frontend: the API serves the web console.
+    deployments = (kget(cluster, namespace, "deployments") or {})["items"]
+    assert sorted(d["metadata"]["name"] for d in deployments) == ["demo-api", "demo-beat", "demo-worker"]
+    assert env_of(cluster, namespace, "demo-api")["APERAG_CONSOLE_ENABLED"] == "true"
 
 
 async def check_external(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
@@ -74,6 +78,11 @@ async def check_production(cluster: Cluster, namespace: str, operator: OperatorP
     assert ingress["spec"]["tls"] == [{"hosts": ["rag.example.com"], "secretName": "rag-tls"}]
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    # Everything, the console at /console/ included, goes to the API Service.
+    assert ingress["spec"]["rules"][0]["http"]["paths"] == [
+        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "rag-api", "port": {"number": 8000}}}}
+    ]
+    assert env_of(cluster, namespace, "rag-api")["APERAG_CONSOLE_ENABLED"] == "true"
     # S3: no documents volume; the credentials reach the pods only as secretKeyRef.
     assert kget(cluster, namespace, "pvc", "rag-objects") is None
     config = (kget(cluster, namespace, "configmap", "rag-config") or {})["data"]

@@ -104,7 +104,7 @@ def secret(name: str, namespace: str, data: dict[str, str]) -> str:
 
 def spec(redis_port: int, autoscaling: dict[str, Any] | None) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "components": {"frontend": {"enabled": False}, "worker": {"replicas": 2}},
+        "components": {"worker": {"replicas": 2}},
         "databases": {
             "postgresql": {"external": {"host": "pg.example.internal", "credentialsSecretRef": {"name": "pg"}}},
             # The app's Redis: KEDA reads the queue here, with the password from the same Secret.

@@ -19,7 +19,7 @@ from tests.harness.wait import wait_until
 pytestmark = [pytest.mark.cluster, pytest.mark.operator]
 
 OPERATOR_USER = "aperag-operator"
-COMPONENTS = ("api", "worker", "beat", "frontend")
+COMPONENTS = ("api", "worker", "beat")
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,6 @@ async def test_minimal_resource_becomes_ready(cluster: Cluster, namespace: str, 
         ("serviceaccount", "rag"),
         ("configmap", "rag-config"),
         ("service", "rag-api"),
-        ("service", "rag-frontend"),
         ("poddisruptionbudget", "rag-api"),
         ("poddisruptionbudget", "rag-worker"),
         *[("deployment", f"rag-{c}") for c in COMPONENTS],
@@ -133,7 +132,7 @@ async def test_minimal_resource_becomes_ready(cluster: Cluster, namespace: str, 
     assert (kget(cluster, namespace, "ingress", "rag")) is None
 
     pods = kget(cluster, namespace, "pods", "-l", "app.kubernetes.io/component!=migration")
-    assert pods is not None and len(pods["items"]) == 2 + 2 + 1 + 1
+    assert pods is not None and len(pods["items"]) == 2 + 2 + 1
     # The schema is migrated before any workload runs: the migration Job came first.
     jobs = (kget(cluster, namespace, "jobs", "-l", "app.kubernetes.io/component=migration") or {})["items"]
     assert len(jobs) == 1 and jobs[0]["metadata"]["name"].startswith("rag-migrate-")
@@ -297,7 +296,7 @@ async def test_spec_changes_and_optional_children(cluster: Cluster, namespace: s
     apply_yaml(cluster, manifest("rag", namespace))
     await wait_ready(cluster, namespace, "rag")
     changed = {
-        "components": {"api": {"replicas": 3}, "frontend": {"enabled": False}, "flower": {"enabled": True}},
+        "components": {"api": {"replicas": 3}, "beat": {"enabled": False}, "flower": {"enabled": True}},
         "ingress": {"enabled": True, "host": "rag.example.com", "tlsSecretName": "rag-tls"},
         "networkPolicy": {"enabled": True},
         "objectStorage": {"type": "s3", "s3": {"bucket": "docs", "credentialsSecret": {"name": "s3"}}},
@@ -319,8 +318,8 @@ async def test_spec_changes_and_optional_children(cluster: Cluster, namespace: s
         return bool(
             api
             and api["spec"]["replicas"] == 3
-            and kget(cluster, namespace, "deployment", "rag-frontend") is None
-            and kget(cluster, namespace, "service", "rag-frontend") is None
+            and kget(cluster, namespace, "deployment", "rag-beat") is None
+            and kget(cluster, namespace, "service", "rag-flower") is not None
             and kget(cluster, namespace, "deployment", "rag-flower") is not None
             and kget(cluster, namespace, "ingress", "rag") is not None
             and kget(cluster, namespace, "networkpolicy", "rag-app") is not None
@@ -335,7 +334,17 @@ async def test_spec_changes_and_optional_children(cluster: Cluster, namespace: s
         timeout=60,
         what="Ready at generation 2",
     )
-    assert set(status(cluster, namespace, "rag")["components"]) == {"api", "worker", "beat", "flower"}
+    assert set(status(cluster, namespace, "rag")["components"]) == {"api", "worker", "flower"}
+    # The API serves everything, the web console at /console/ included: one rule, / to the API Service;
+    # only the api is reachable from the ingress controller's namespace.
+    ingress = kget(cluster, namespace, "ingress", "rag") or {}
+    assert ingress["spec"]["rules"][0]["http"]["paths"] == [
+        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "rag-api", "port": {"number": 8000}}}}
+    ]
+    web = (kget(cluster, namespace, "networkpolicy", "rag-web") or {})["spec"]
+    assert web["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
+    assert "matchExpressions" not in web["podSelector"]
+    assert web["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8000}]
     # The documents volume outlives the switch to S3 (deletionPolicy Retain), and the status says so.
     claim = kget(cluster, namespace, "persistentvolumeclaim", "rag-objects")
     assert claim is not None and claim["metadata"].get("deletionTimestamp") is None

@@ -22,7 +22,7 @@ def resource(name: str, namespace: str) -> str:
             "apiVersion": "aperag.io/v1alpha1",
             "kind": "ApeRAG",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"version": "0.5.0", "components": {"frontend": {"enabled": False}}},
+            "spec": {"version": "0.5.0"},
         }
     )
 

@@ -63,7 +63,7 @@ def upgrade_spec(
     }
     spec: dict[str, Any] = {
         "version": version,
-        "components": {"frontend": {"enabled": False}, "api": {"replicas": 1}, "worker": {"replicas": 1}},
+        "components": {"api": {"replicas": 1}, "worker": {"replicas": 1}},
         "upgrade": {
             "migrationTimeoutSeconds": 30,
             "progressDeadlineSeconds": 30,

@@ -96,7 +96,6 @@ class RealApeRAG:
                     "api": {"replicas": 1, "podLabels": place},
                     "worker": {"replicas": 0, "podLabels": place},
                     "beat": {"enabled": False},
-                    "frontend": {"enabled": False},
                 },
                 "app": {"apiKeysSecret": {"name": "api-keys", "key": "apiKeys"}},
                 "databases": {

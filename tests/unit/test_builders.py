@@ -100,7 +100,7 @@ def _pod(obj: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-@pytest.mark.parametrize("component", ["api", "worker", "beat", "frontend", "flower"])
+@pytest.mark.parametrize("component", ["api", "worker", "beat", "flower"])
 def test_restricted_pod_security(component: str) -> None:
     inst = instance({"components": {"flower": {"enabled": True}}})
     pod = _pod(deployment.build(inst, component))
@@ -120,7 +120,7 @@ def test_restricted_pod_security(component: str) -> None:
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert "/tmp" in mounts
-        if component in ("api", "frontend", "flower"):
+        if component in ("api", "flower"):
             assert "livenessProbe" in c and "readinessProbe" in c
 
 
@@ -139,9 +139,9 @@ def test_beat_is_recreate_with_one_replica() -> None:
 
 
 def test_shared_volume_mounted_by_api_and_worker_only() -> None:
-    inst = instance()
+    inst = instance({"components": {"flower": {"enabled": True}}})
     assert pvc.build(inst)["spec"]["accessModes"] == ["ReadWriteMany"]
-    for component, expect in (("api", True), ("worker", True), ("beat", False), ("frontend", False)):
+    for component, expect in (("api", True), ("worker", True), ("beat", False), ("flower", False)):
         vols = {v["name"] for v in _pod(deployment.build(inst, component))["volumes"]}
         assert ("objects" in vols) is expect, component
     s3 = instance(FULL_SPEC)
@@ -185,10 +185,52 @@ def test_ingress_and_network_policy() -> None:
     ing = ingress.build(inst)
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["tls"] == [{"hosts": ["rag.example.com"], "secretName": "rag-tls"}]
-    paths = {p["path"]: p["backend"]["service"]["name"] for p in ing["spec"]["rules"][0]["http"]["paths"]}
-    assert paths == {"/api": "demo-api", "/v1": "demo-api", "/mcp": "demo-api", "/": "demo-frontend"}
+    # The API serves everything (/api, /v1, /mcp, and the console at /console/ with / redirecting there):
+    # one Prefix rule for / sends all of it to the API Service.
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "rag.example.com"
+    assert rule["http"]["paths"] == [
+        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "demo-api", "port": {"number": 8000}}}}
+    ]
     policies = network_policy.build(inst)
     assert [p["metadata"]["name"] for p in policies] == ["demo-app", "demo-web"]
+    # Only the api accepts the ingress controller's traffic, on the API port only.
+    web = policies[1]["spec"]
+    assert web["podSelector"] == {
+        "matchLabels": {
+            "app.kubernetes.io/name": "aperag",
+            "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/component": "api",
+        }
+    }
+    (rule_in,) = web["ingress"]
+    assert rule_in["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert rule_in["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+
+
+def test_no_frontend_the_api_serves_the_console() -> None:
+    """There is no frontend Deployment or Service: the API serves the web console (spec.console)."""
+    objs = desired_children(instance({"components": {"flower": {"enabled": True}}}))
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objs}
+    assert "frontend" not in components
+    assert {o["metadata"]["name"] for o in objs if o["kind"] in ("Deployment", "Service")} == {
+        "demo-api", "demo-worker", "demo-beat", "demo-flower"}  # fmt: skip
+    for o in objs:
+        if o["kind"] == "Deployment":
+            image = _pod(o)["containers"][0]["image"]
+            assert image == "registry.example.com/aperag/aperag:0.5.0", o["metadata"]["name"]
+
+
+@pytest.mark.parametrize("enabled, value", [(None, "true"), (True, "true"), (False, "false")])
+def test_console_setting_reaches_the_api_container_only(enabled: bool | None, value: str) -> None:
+    spec = {} if enabled is None else {"console": {"enabled": enabled}}
+    inst = instance({**spec, "components": {"flower": {"enabled": True}}})
+    for component in deployment.enabled_components(inst):
+        env = {e["name"]: e for e in _pod(deployment.build(inst, component))["containers"][0]["env"]}
+        if component == "api":
+            assert env["APERAG_CONSOLE_ENABLED"] == {"name": "APERAG_CONSOLE_ENABLED", "value": value}
+        else:
+            assert "APERAG_CONSOLE_ENABLED" not in env, component
 
 
 def test_resource_labels_are_never_copied() -> None:

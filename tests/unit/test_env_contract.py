@@ -42,7 +42,7 @@ def settings_of(spec: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dic
     objects = Objects(secrets=secrets, config_maps=config_maps)
     out: dict[str, Settings] = {}
     for dep in children:
-        if dep["kind"] != "Deployment" or dep["metadata"]["labels"]["app.kubernetes.io/component"] == "frontend":
+        if dep["kind"] != "Deployment":
             continue
         container = dep["spec"]["template"]["spec"]["containers"][0]
         out[dep["metadata"]["labels"]["app.kubernetes.io/component"]] = load_settings(resolve_env(container, objects))
@@ -166,3 +166,12 @@ def test_chat_model_and_graph_settings_from_config_and_secret_refs() -> None:
     assert not any(s.graph_enabled for s in off.values())
     # Without a chat model the app runs with the offline extractor: nothing LLM_* is set by the operator.
     assert all(s.llm_api_base == s.llm_model == s.llm_api_key == "" for s in off.values())
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_console_setting_reaches_the_api(enabled: bool) -> None:
+    """spec.console.enabled is the API's Settings.console_enabled (APERAG_CONSOLE_ENABLED): the API
+    process serves the web console; no other component serves HTTP to users."""
+    every = settings_of({"console": {"enabled": enabled}}, ACCOUNTS)
+    assert every["api"].console_enabled is enabled
+    assert settings_of({}, ACCOUNTS)["api"].console_enabled is True  # the default: the console is served

@@ -51,7 +51,7 @@ def test_gate_holds_back_workloads_without_deleting() -> None:
     desired = desired_children(instance())
     result = plan(desired, lambda k: None, [], workloads_blocked=True)
     assert result.apply and all(o["kind"] != "Deployment" for o in result.apply)
-    assert len(result.held_back) == 4
+    assert len(result.held_back) == 3  # api, worker, beat
     observed = as_observed(desired)
     result = plan(desired, observed.get, list(observed.values()), workloads_blocked=True)
     assert result.delete == []
@@ -131,6 +131,49 @@ def test_decide_reports_an_invalid_spec() -> None:
                       lambda inst: [], NOW)  # fmt: skip
     assert decision.instance is None and decision.problems[0].reason == "InvalidSpec"
     assert "spec.components.api.replicas" in decision.problems[0].message
+
+
+def _retired_frontend(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Deployment and Service ``demo-frontend`` as an operator before the console made them: named,
+    labelled and owned like the api's (their ownerReference is the same ApeRAG's)."""
+    out = []
+    for kind in ("Deployment", "Service"):
+        obj = copy.deepcopy(next(o for o in children if o["kind"] == kind and o["metadata"]["name"] == "demo-api"))
+        obj["metadata"]["name"] = "demo-frontend"
+        obj["metadata"]["labels"]["app.kubernetes.io/component"] = "frontend"
+        obj["metadata"]["resourceVersion"] = "1"
+        out.append(obj)
+    return out
+
+
+def test_an_object_written_under_the_old_crd_is_reconciled_and_its_frontend_pruned() -> None:
+    """Objects stored under the CRD that had the frontend carry its defaults (components.frontend,
+    image.frontendRepository) until the new CRD is installed (Helm never upgrades crds/). The spec model
+    forbids unknown fields, but these retired ones are ignored, and the frontend's children pruned."""
+    old = body({
+        "image": {"repository": "registry.local/aperag", "frontendRepository": "ghcr.io/apecloud/aperag-frontend"},
+        "components": {"api": {"replicas": 3}, "frontend": {"enabled": True, "replicas": 1}},
+    })  # fmt: skip
+    before = copy.deepcopy(old)
+    leftovers = _retired_frontend(desired_children(instance()))
+    decision = decide(old, StaticObserved(), [], lambda k: None, lambda inst: leftovers, NOW)
+    assert not decision.problems and decision.instance is not None
+    assert decision.instance.spec.components.api.replicas == 3
+    assert decision.instance.spec.image.repository == "registry.local/aperag"
+    assert old == before  # the body (the informer's cached object) is not modified
+    assert {k for k in decision.plan.delete if k[2] == "demo-frontend"} == {
+        ("apps/v1/Deployment", "team-a", "demo-frontend"),
+        ("v1/Service", "team-a", "demo-frontend"),
+    }
+    assert not any(o["metadata"]["name"] == "demo-frontend" for o in decision.plan.desired)
+
+
+def test_only_the_retired_fields_are_ignored() -> None:
+    """Anything else the model does not know is still an invalid spec (a typo is not silently dropped)."""
+    decision = decide(body({"components": {"frontnd": {"enabled": False}}}), StaticObserved(), [],
+                      lambda k: None, lambda inst: [], NOW)  # fmt: skip
+    assert decision.instance is None and decision.problems[0].reason == "InvalidSpec"
+    assert "spec.components.frontnd" in decision.problems[0].message
 
 
 class Recorder:

@@ -28,7 +28,7 @@ V5 = Release("0.5.0", f"{REPO}:0.5.0")
 V6 = Release("0.6.0", f"{REPO}:0.6.0")
 NIGHTLY = Release("nightly", f"{REPO}:nightly")
 REVISIONS = {V3: "0000", V4: "0001", V5: "0002", V6: "0003", NIGHTLY: "0009"}
-COMPONENTS = ("api", "worker", "beat", "frontend")
+COMPONENTS = ("api", "worker", "beat")
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 NOTHING = UpgradeObserved()
 
@@ -46,13 +46,12 @@ def inputs(release: Release = V5, upgrade: dict[str, Any] | None = None, **kw: A
 
 
 def deployments(release: Release, *, ready: bool = True, components: tuple[str, ...] = COMPONENTS) -> dict[str, Any]:
-    """Every component's Deployment at ``release`` (the frontend at the frontend image of its tag)."""
+    """Every component's Deployment at ``release``."""
     out = {}
     for component in components:
-        image = f"ghcr.io/apecloud/aperag-frontend:{release.tag}" if component == "frontend" else release.image
-        desired = 1 if component in ("beat", "frontend") else 2
+        desired = 1 if component == "beat" else 2
         state = ComponentState(desired, desired if ready else 0, desired, desired if ready else 0, ready)
-        out[component] = DeploymentObservation(release.version, image, state)
+        out[component] = DeploymentObservation(release.version, release.image, state)
     return out
 
 

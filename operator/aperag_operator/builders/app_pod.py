@@ -34,7 +34,6 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "api": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
     "worker": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
     "beat": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-    "frontend": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
     "flower": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
     "migration": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
 }
@@ -45,7 +44,6 @@ WRITABLE_DIRS: dict[str, list[str]] = {
     "worker": ["/tmp"],
     "beat": ["/tmp"],
     "flower": ["/tmp"],
-    "frontend": ["/tmp", "/var/cache/nginx", "/var/run"],
     "migration": ["/tmp"],
 }
 
@@ -85,6 +83,9 @@ def operator_env(inst: Instance, component: str) -> list[Obj]:
         env.append(
             {"name": "APERAG_API_KEYS", "valueFrom": {"secretKeyRef": {"name": keys.name, "key": keys.key}}}
         )
+    if component == "api":
+        # The API serves the web console (there is no frontend Deployment); spec.console turns it off.
+        env.append({"name": "APERAG_CONSOLE_ENABLED", "value": "true" if inst.spec.console.enabled else "false"})
     if component == "worker":
         env.append(
             {"name": "WORKER_CONCURRENCY", "value": str(inst.spec.components.worker.concurrency)}

@@ -27,10 +27,9 @@ SPEC_HASH_ANNOTATION = "aperag.io/spec-hash"
 CONFIG_HASH_ANNOTATION = "aperag.io/config-hash"
 PAUSED_ANNOTATION = "aperag.io/paused"
 
-COMPONENTS = ("api", "worker", "beat", "frontend", "flower")
+COMPONENTS = ("api", "worker", "beat", "flower")
 
 API_PORT = 8000
-FRONTEND_PORT = 3000
 FLOWER_PORT = 5555
 # The health server of the worker and beat processes (the app's HEALTH_PORT default).
 HEALTH_PORT = 8001
@@ -44,12 +43,6 @@ class Release:
 
     version: str
     image: str
-
-    @property
-    def tag(self) -> str:
-        """The image's tag (the frontend image of a release has the same tag)."""
-        last = self.image.rsplit("/", 1)[-1]
-        return last.rsplit(":", 1)[1] if ":" in last else self.version
 
 
 def target_release(spec: ApeRAGSpec) -> Release:

@@ -1,4 +1,5 @@
-"""Deployments ``<name>-api``, ``-worker``, ``-beat``, ``-frontend`` and ``-flower``.
+"""Deployments ``<name>-api``, ``-worker``, ``-beat`` and ``-flower``: every one runs the app image (the
+API also serves the web console; there is no separate frontend Deployment).
 
 Every pod satisfies the ``restricted`` Pod Security Standard (see :mod:`.app_pod`, which the migration
 Jobs share). No hostPath and no required pod affinity: api and workers share objects through the
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aperag_operator.builders import configmap, service
+from aperag_operator.builders import configmap
 from aperag_operator.builders.app_pod import (
     DEFAULT_RESOURCES,
     OBJECT_COMPONENTS,
@@ -22,14 +23,11 @@ from aperag_operator.builders.app_pod import (
     operator_env,
     pod_spec,
     resources,
-    volumes,
 )
 from aperag_operator.builders.common import (
     API_PORT,
     CONFIG_HASH_ANNOTATION,
-    CONTAINER_SECURITY_CONTEXT,
     FLOWER_PORT,
-    FRONTEND_PORT,
     HEALTH_PORT,
     Instance,
     Obj,
@@ -60,8 +58,9 @@ __all__ = [
     "resources",
 ]
 
+#: Every component runs the app image (with its own command).
 APP_COMPONENTS = ("api", "worker", "beat", "flower")
-COMPONENTS = ("api", "worker", "beat", "frontend", "flower")
+COMPONENTS = APP_COMPONENTS
 
 COMMANDS: dict[str, list[str]] = {
     "api": ["aperag", "serve"],
@@ -107,14 +106,8 @@ def desired_replicas(spec: ApeRAGSpec, component: str) -> int:
 
 def release_image(spec: ApeRAGSpec, component: str, release: Release) -> str:
     """The image of ``component`` when the Deployments run ``release``: a component's own image override
-    wins; the frontend runs the frontend repository at the release's tag; the others the release's app
-    image."""
-    override = component_spec_of(spec, component).image
-    if override:
-        return override
-    if component == "frontend":
-        return f"{spec.image.frontend_repository}:{release.tag}"
-    return release.image
+    wins, else the release's app image."""
+    return component_spec_of(spec, component).image or release.image
 
 
 def image(inst: Instance, component: str) -> str:
@@ -140,7 +133,7 @@ def _probes(component: str) -> Obj:
             "livenessProbe": _http_probe("/health/live", 10, 3),
             "readinessProbe": _http_probe("/health/ready", 5, 3),
         }
-    if component in ("frontend", "flower"):
+    if component == "flower":
         return {"livenessProbe": _http_probe("/", 10, 3), "readinessProbe": _http_probe("/", 5, 3)}
     # worker and beat: the app's health server (HEALTH_PORT); ready = broker (and database) reachable.
     return {
@@ -151,7 +144,7 @@ def _probes(component: str) -> Obj:
 
 
 def _ports(component: str) -> list[Obj]:
-    port = {"api": API_PORT, "frontend": FRONTEND_PORT, "flower": FLOWER_PORT}.get(component, HEALTH_PORT)
+    port = {"api": API_PORT, "flower": FLOWER_PORT}.get(component, HEALTH_PORT)
     return [{"name": "http", "containerPort": port, "protocol": "TCP"}]
 
 
@@ -176,19 +169,8 @@ def _affinity(inst: Instance, component: str, spec: WorkloadSpec) -> Obj | None:
 
 def container(inst: Instance, component: str, database_env: Sequence[Obj] = ()) -> Obj:
     spec = component_spec(inst, component)
-    if component in APP_COMPONENTS:
-        main = app_container(inst, component, image(inst, component), database_env, spec.resources)
-        main["command"] = COMMANDS[component]
-    else:
-        _, mounts = volumes(inst, component)
-        main = {
-            "image": image(inst, component),
-            "imagePullPolicy": inst.spec.image.pull_policy,
-            "resources": resources(component, spec.resources),
-            "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
-            "volumeMounts": mounts,
-            "env": [{"name": "APERAG_API_URL", "value": f"http://{service.name(inst, 'api')}:{API_PORT}"}],
-        }
+    main = app_container(inst, component, image(inst, component), database_env, spec.resources)
+    main["command"] = COMMANDS[component]
     return {"name": component, **main, "ports": _ports(component), **_probes(component)}
 
 
@@ -213,7 +195,7 @@ def build(
     version = inst.workload_release.version
     pod_labels = {**spec.pod_labels, **labels(inst, component, version)}
     pod_annotations = dict(spec.pod_annotations)
-    if component in APP_COMPONENTS and config_hash:
+    if config_hash:
         pod_annotations[CONFIG_HASH_ANNOTATION] = config_hash
     if component == "beat":
         strategy: Obj = {"type": "Recreate"}

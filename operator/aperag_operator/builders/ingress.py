@@ -1,12 +1,13 @@
-"""Ingress ``<name>``: ``/api``, ``/v1`` (the OpenAI-compatible API) and ``/mcp`` (the MCP server) to the
-API Service, ``/`` to the frontend (or the API without one)."""
+"""Ingress ``<name>``: one rule, ``/`` (Prefix) to the API Service, which serves everything the instance
+offers on one origin: the API (``/api``), the OpenAI-compatible API (``/v1``), the MCP server (``/mcp``)
+and the web console (``/console/``; ``/`` redirects there). There is no separate frontend: see
+docs/design.md, "The web console"."""
 
 from __future__ import annotations
 
 from aperag_operator.builders import service
 from aperag_operator.builders.common import (
     API_PORT,
-    FRONTEND_PORT,
     Instance,
     Obj,
     child_name,
@@ -19,23 +20,10 @@ def wanted(inst: Instance) -> bool:
     return inst.spec.ingress.enabled
 
 
-def _backend(inst: Instance, component: str, port: int) -> Obj:
-    return {"service": {"name": service.name(inst, component), "port": {"number": port}}}
-
-
 def build(inst: Instance) -> Obj:
     spec = inst.spec.ingress
-    # Every path the API serves under its own prefix; OpenAI clients and MCP clients call /v1 and /mcp.
-    paths = [
-        {"path": path, "pathType": "Prefix", "backend": _backend(inst, "api", API_PORT)}
-        for path in ("/api", "/v1", "/mcp")
-    ]
-    if inst.spec.components.frontend.enabled:
-        paths.append(
-            {"path": "/", "pathType": "Prefix", "backend": _backend(inst, "frontend", FRONTEND_PORT)}
-        )
-    else:
-        paths.append({"path": "/", "pathType": "Prefix", "backend": _backend(inst, "api", API_PORT)})
+    backend = {"service": {"name": service.name(inst, "api"), "port": {"number": API_PORT}}}
+    paths = [{"path": "/", "pathType": "Prefix", "backend": backend}]
     meta = metadata(inst, child_name(inst), "ingress")
     if spec.annotations:
         meta["annotations"] = dict(spec.annotations)

@@ -18,7 +18,7 @@ DNS_LABEL_MAX = 63
 REVISION_HASH_LENGTH = 10
 #: The operator's own children, by the suffix they add (docs/api.md lists them).
 CHILD_SUFFIXES = (
-    "", "-config", "-objects", "-api", "-worker", "-beat", "-frontend", "-flower", "-app", "-web",
+    "", "-config", "-objects", "-api", "-worker", "-beat", "-flower", "-app", "-web",
     "-api-metrics", "-worker-metrics",
     autoscaling.TRIGGER_AUTHENTICATION_SUFFIX,
 )  # fmt: skip

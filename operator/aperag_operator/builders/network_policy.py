@@ -3,7 +3,8 @@
 * ``<name>-app``: the instance's pods accept traffic only from pods of the same instance, and (with
   ``spec.observability.metrics.enabled``) from the namespaces of ``scraperNamespaceLabels`` (Prometheus)
   on the ports that serve /metrics (api 8000, worker 8001);
-* ``<name>-web``: api and frontend additionally accept traffic from the ingress controller's namespace.
+* ``<name>-web``: the api (which also serves the web console) additionally accepts traffic from the
+  ingress controller's namespace, on its port only. No other component is reachable from outside.
 
 Egress is not restricted: external databases and LLM endpoints live anywhere.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 from aperag_operator.builders import metrics
 from aperag_operator.builders.common import (
     API_PORT,
-    FRONTEND_PORT,
     Instance,
     Obj,
     child_name,
@@ -58,16 +58,7 @@ def build_web(inst: Instance) -> Obj:
             "kind": "NetworkPolicy",
             "metadata": metadata(inst, child_name(inst, "web"), "network-policy"),
             "spec": {
-                "podSelector": {
-                    "matchLabels": selector_labels(inst),
-                    "matchExpressions": [
-                        {
-                            "key": "app.kubernetes.io/component",
-                            "operator": "In",
-                            "values": ["api", "frontend"],
-                        }
-                    ],
-                },
+                "podSelector": {"matchLabels": selector_labels(inst, "api")},
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
@@ -78,10 +69,7 @@ def build_web(inst: Instance) -> Obj:
                                 }
                             }
                         ],
-                        "ports": [
-                            {"protocol": "TCP", "port": API_PORT},
-                            {"protocol": "TCP", "port": FRONTEND_PORT},
-                        ],
+                        "ports": [{"protocol": "TCP", "port": API_PORT}],
                     }
                 ],
             },

@@ -1,11 +1,10 @@
-"""Services ``<name>-api``, ``<name>-frontend`` and ``<name>-flower`` (ClusterIP)."""
+"""Services ``<name>-api`` and ``<name>-flower`` (ClusterIP)."""
 
 from __future__ import annotations
 
 from aperag_operator.builders.common import (
     API_PORT,
     FLOWER_PORT,
-    FRONTEND_PORT,
     Instance,
     Obj,
     child_name,
@@ -14,7 +13,7 @@ from aperag_operator.builders.common import (
     selector_labels,
 )
 
-PORTS = {"api": API_PORT, "frontend": FRONTEND_PORT, "flower": FLOWER_PORT}
+PORTS = {"api": API_PORT, "flower": FLOWER_PORT}
 
 
 def name(inst: Instance, component: str) -> str:

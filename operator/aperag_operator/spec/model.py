@@ -57,13 +57,6 @@ class ImageSpec(Spec):
         "Dockerfile.app. The default names a placeholder registry; set your own. "
         "The tag is spec.version unless spec.image.tag is set.",
     )
-    frontend_repository: str = Field(
-        default="ghcr.io/apecloud/aperag-frontend",
-        min_length=1,
-        max_length=255,
-        pattern=IMAGE_REPOSITORY_PATTERN,
-        description="Image repository of the web frontend; the tag is the same as the app's.",
-    )
     tag: str | None = Field(
         default=None,
         min_length=1,
@@ -173,7 +166,7 @@ class WorkloadSpec(Spec):
 
 
 class ApiSpec(WorkloadSpec):
-    """The HTTP API (``aperag serve``)."""
+    """The HTTP API (``aperag serve``), which also serves the web console (spec.console)."""
 
     replicas: int = Field(
         default=2, ge=0, le=1000, description="Number of API pods (not applied while autoscaling.api is enabled)."
@@ -215,13 +208,6 @@ class BeatSpec(WorkloadSpec):
     replicas: int = Field(default=1, ge=0, le=1000, description="Must be 1: two schedulers would run every task twice.")
 
 
-class FrontendSpec(WorkloadSpec):
-    """The web UI."""
-
-    enabled: bool = Field(default=True, description="Run the web frontend.")
-    replicas: int = Field(default=1, ge=0, le=1000, description="Number of frontend pods.")
-
-
 class FlowerSpec(WorkloadSpec):
     """Flower, the Celery monitoring UI (optional)."""
 
@@ -235,8 +221,18 @@ class ComponentsSpec(Spec):
     api: ApiSpec = Field(default_factory=ApiSpec, description="The HTTP API.")
     worker: WorkerSpec = Field(default_factory=WorkerSpec, description="The ingestion workers.")
     beat: BeatSpec = Field(default_factory=BeatSpec, description="The periodic scheduler (exactly one replica).")
-    frontend: FrontendSpec = Field(default_factory=FrontendSpec, description="The web frontend.")
     flower: FlowerSpec = Field(default_factory=FlowerSpec, description="Flower (Celery monitoring), off by default.")
+
+
+class ConsoleSpec(Spec):
+    """The web console. There is no separate frontend Deployment: the API process serves the console
+    from the same origin as the API (docs/design.md, "The web console")."""
+
+    enabled: bool = Field(
+        default=True,
+        description="The API serves the web console at /console/ (and redirects / there); false serves "
+        "the API only. Sets APERAG_CONSOLE_ENABLED on the api container.",
+    )
 
 
 # --- app configuration -------------------------------------------------------------------------------
@@ -461,7 +457,8 @@ class ObjectStorageSpec(Spec):
 
 
 class IngressSpec(Spec):
-    """An Ingress in front of the frontend (/) and the API (/api)."""
+    """An Ingress in front of the API Service, which serves everything under ``/``: the API, the
+    OpenAI-compatible ``/v1``, ``/mcp`` and the web console (``/console/``, and ``/`` redirects there)."""
 
     model_config = spec_config(
         **{
@@ -502,7 +499,8 @@ class NetworkPolicySpec(Spec):
     ingress_namespace_labels: dict[str, LabelValue] = Field(
         default_factory=lambda: {"kubernetes.io/metadata.name": "ingress-nginx"},
         max_length=16,
-        description="Labels of the namespace(s) of the ingress controller, allowed to reach api and frontend.",
+        description="Labels of the namespace(s) of the ingress controller, allowed to reach the api (which "
+        "also serves the web console).",
         json_schema_extra=keys_match(QUALIFIED_NAME_PATTERN, "keys must be valid label keys"),
     )
 
@@ -846,7 +844,7 @@ class ApeRAGSpec(Spec):
     version: str = Field(
         ...,
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
-        description="ApeRAG version: the image tag of the app and frontend images.",
+        description="ApeRAG version: the image tag of the app image.",
     )
     image: ImageSpec = Field(default_factory=ImageSpec, description="Image repositories and pull settings.")
     components: ComponentsSpec = Field(
@@ -860,7 +858,12 @@ class ApeRAGSpec(Spec):
         default_factory=DatabasesSpec,
         description="PostgreSQL, Redis, vector and full-text stores: managed by KubeBlocks or external.",
     )
-    ingress: IngressSpec = Field(default_factory=IngressSpec, description="Ingress for the frontend and the API.")
+    console: ConsoleSpec = Field(
+        default_factory=ConsoleSpec, description="The web console, served by the API at /console/."
+    )
+    ingress: IngressSpec = Field(
+        default_factory=IngressSpec, description="Ingress for the API (and the web console it serves)."
+    )
     network_policy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec, description="NetworkPolicies for the app's pods."
     )
@@ -1091,6 +1094,39 @@ class ApeRAGStatus(Spec):
     )
 
 
+#: Fields an earlier CRD declared, and defaulted (so every object stored under it carries them), that the
+#: spec no longer has. The model forbids unknown fields, so an object read while such a CRD is still
+#: installed (Helm never upgrades crds/: the operator may well be upgraded first) would fail validation and
+#: never be reconciled again; these paths are dropped before validation instead. Once the current CRD is
+#: installed the API server prunes them on read, and refuses them on write (strict field validation).
+RETIRED_FIELDS: tuple[tuple[str, ...], ...] = (
+    # The separate frontend Deployment (upstream's frontend image): the API serves the console now.
+    ("components", "frontend"),
+    ("image", "frontendRepository"),
+)
+
+
+def without_retired_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` without the :data:`RETIRED_FIELDS` (a copy where something is dropped; never modified)."""
+    out = spec
+    for path in RETIRED_FIELDS:
+        *parents, leaf = path
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        # Copy the dicts along the path, then drop the field from the copy.
+        out = dict(out)
+        copy = out
+        for part in parents:
+            copy[part] = dict(copy[part])
+            copy = copy[part]
+        del copy[leaf]
+    return out
+
+
 def parse_spec(spec: dict[str, Any]) -> ApeRAGSpec:
-    """Validate a spec as read from the API server (defaults already applied by the CRD)."""
-    return ApeRAGSpec.model_validate(spec)
+    """Validate a spec as read from the API server (defaults already applied by the CRD). Retired fields
+    an older CRD left on the object are ignored (:data:`RETIRED_FIELDS`)."""
+    return ApeRAGSpec.model_validate(without_retired_fields(spec))
