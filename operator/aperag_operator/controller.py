@@ -462,6 +462,7 @@ class Controller:
             now=_stamp(_now()),
             extra=extra,
             phase=next((c.phase for c in decision.contributions.values() if c.phase), None),
+            kept_components=None if inst else old.get("components"),
         )
         for etype, reason, message in events:
             await self._event(body, etype, reason, message)

@@ -109,10 +109,12 @@ def compute_status(
     now: str,
     extra: Obj | None = None,
     phase: str | None = None,
+    kept_components: Obj | None = None,
 ) -> Obj:
     """The full new status. ``extra`` is merged in (contributors' status fields and conditions);
     ``phase`` is a contributor's step (Migrating, RollingOut, ...) shown instead of the roll-up, except
-    when paused."""
+    when paused. ``kept_components``: the previous status's components, shown when the spec could not be
+    read (nothing was touched, so they still describe what runs)."""
     previous = previous or {}
     prev_conditions = {c.get("type", ""): c for c in previous.get("conditions") or []}
     failing = {name: st.failure for name, st in components.items() if st.failure}
@@ -179,8 +181,14 @@ def compute_status(
         "observedGeneration": generation,
         "phase": rolled_up,
         "conditions": conditions,
-        "components": {name: st.as_status() for name, st in components.items()},
     }
+    if components:
+        status["components"] = {name: st.as_status() for name, st in components.items()}
+    elif kept_components:
+        # The spec could not be read: what runs keeps running, and the status keeps showing it.
+        status["components"] = kept_components
+    # No components at all: the key is left out rather than applied as {} (server-side apply turns the
+    # emptied map of a previous status into null, which the schema refuses: the whole status write fails).
     running = version if all_ready else previous.get("version")
     if running:
         status["version"] = running

@@ -170,3 +170,20 @@ def test_expected_wait_is_progressing_not_degraded() -> None:
     progressing = condition(status, "Progressing")
     assert progressing is not None and progressing["status"] == "True" and progressing["reason"] == "DatabasesNotReady"
     assert status["phase"] == "Progressing"
+
+
+def test_an_unreadable_spec_keeps_the_components_and_no_components_means_no_key() -> None:
+    running = compute_status(generation=1, version="1.0", previous=None, components=ready_components(),
+                             problems=[], paused=False, now="T1")  # fmt: skip
+    invalid = compute_status(
+        generation=2, version="1.0", previous=running, components={},
+        problems=[Problem("InvalidSpec", "spec.components.sidecar: extra inputs are not permitted")],
+        paused=False, now="T2", kept_components=running["components"],
+    )  # fmt: skip
+    assert invalid["components"] == running["components"]
+    assert condition(invalid, "Ready")["reason"] == "InvalidSpec"  # type: ignore[index]
+    # Nothing to show: the key is left out, never applied as an empty map (server-side apply would make
+    # it null, which the schema refuses).
+    none = compute_status(generation=1, version="1.0", previous=None, components={}, problems=[], paused=False,
+                          now="T1")  # fmt: skip
+    assert "components" not in none
