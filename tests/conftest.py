@@ -1,16 +1,21 @@
-"""Fixtures shared by every test that needs the local Kubernetes control plane."""
+"""Fixtures shared across the suites: the local Kubernetes control plane, and the real PostgreSQL (embedded,
+pgvector) and redis-server on free loopback ports (one of each for the session, whichever suites use them)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from lightkube import AsyncClient, KubeConfig
 
+from aperag.config import load_settings
+from aperag.embedded_pg import EmbeddedPostgres, remove_server, temporary_server
+from bench.common import redis_server
 from e2e.controlplane.localcluster import ClusterInfo, down, up
 from tests.harness.cluster import Cluster
 from tests.harness.wait import wait_until
@@ -86,3 +91,50 @@ def upstream_crds(cluster: Cluster) -> list[str]:
     # as an error. Retry until every CRD is Established.
     cluster.wait_established(*names, timeout=90)
     return names
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    server, base = temporary_server()
+    try:
+        yield server
+    finally:
+        remove_server(server, base)
+
+
+@pytest.fixture(scope="session")
+def redis_port() -> Iterator[int]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: `make system-packages` installs it (tests/app/SETUP.md)")
+    with redis_server() as port:
+        yield port
+
+
+@pytest.fixture(scope="session")
+def app_env_factory(
+    postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., dict[str, str]]:
+    """A fresh database per caller, migrated to head, and the environment pointing at it."""
+
+    def make(migrate: bool = True, **extra: str) -> dict[str, str]:
+        from aperag import migrate as migrations
+
+        name = "t_" + uuid.uuid4().hex[:10]
+        postgres.create_database(name)
+        env = {
+            **postgres.env(name),
+            "OBJECT_STORE_TYPE": "local",
+            "OBJECT_STORE_LOCAL_ROOT_DIR": str(tmp_path_factory.mktemp("objects")),
+            "CHUNK_SIZE": "120",
+            "CHUNK_OVERLAP_SIZE": "16",
+            **extra,
+        }
+        if migrate:
+            settings = load_settings(env)
+            migrations.upgrade(settings.database_url)
+            from aperag.context import AppContext
+
+            AppContext(settings=settings).ensure_store_schemas()
+        return env
+
+    return make

@@ -1,20 +1,24 @@
-"""Fixtures for the app suite: a real embedded PostgreSQL (pgvector) and a real redis-server, started
-once per session on free loopback ports and stopped at the end; the embedding model loaded once."""
+"""Fixtures for the app suite: the embedding model loaded once, and `aperag` processes (workers). The real
+PostgreSQL, Redis and per-test databases (`postgres`, `redis_port`, `app_env_factory`) are in tests/conftest.py,
+shared with the real-node and browser tests."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from aperag.config import Settings, load_settings
-from aperag.embedded_pg import EmbeddedPostgres, remove_server, temporary_server
-from bench.common import redis_server
+from tests.harness.marks import mark_tests_under
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,57 +34,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, message: str, inte
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.app)
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[EmbeddedPostgres]:
-    server, base = temporary_server()
-    try:
-        yield server
-    finally:
-        remove_server(server, base)
-
-
-@pytest.fixture(scope="session")
-def redis_port() -> Iterator[int]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (apt-get install -y redis-server); see tests/app/SETUP.md")
-    with redis_server() as port:
-        yield port
-
-
-@pytest.fixture(scope="session")
-def app_env_factory(
-    postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[..., dict[str, str]]:
-    """A fresh database per caller, migrated to head, and the environment pointing at it."""
-
-    def make(migrate: bool = True, **extra: str) -> dict[str, str]:
-        from aperag import migrate as migrations
-
-        name = "t_" + uuid.uuid4().hex[:10]
-        postgres.create_database(name)
-        env = {
-            **postgres.env(name),
-            "OBJECT_STORE_TYPE": "local",
-            "OBJECT_STORE_LOCAL_ROOT_DIR": str(tmp_path_factory.mktemp("objects")),
-            "CHUNK_SIZE": "120",
-            "CHUNK_OVERLAP_SIZE": "16",
-            **extra,
-        }
-        if migrate:
-            settings = load_settings(env)
-            migrations.upgrade(settings.database_url)
-            from aperag.context import AppContext
-
-            AppContext(settings=settings).ensure_store_schemas()
-        return env
-
-    return make
+    mark_tests_under(Path(__file__).parent, items, pytest.mark.app)
 
 
 @pytest.fixture(scope="session")
@@ -95,34 +49,54 @@ def settings_from(env: dict[str, str]) -> Settings:
     return load_settings(env)
 
 
-@pytest.fixture
-def worker_process() -> Iterator[Callable[[dict[str, str]], object]]:
-    """Start `aperag worker` processes with the given environment; all are stopped at the end."""
-    import signal
-    import subprocess
-    import sys
-    import tempfile
+@dataclass(frozen=True)
+class AperagProcess:
+    """One `python -m aperag.cli ...` process and the file its output goes to."""
 
-    started: list[tuple[subprocess.Popen[bytes], str]] = []
+    proc: subprocess.Popen[bytes]
+    log: Path
 
-    def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = tempfile.NamedTemporaryFile(prefix="aperag-worker-", suffix=".log", delete=False)  # noqa: SIM115
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def aperag_processes() -> Iterator[Callable[[Sequence[str], dict[str, str], bytes, str], AperagProcess]]:
+    """Start `python -m aperag.cli ARGS` processes with an environment, each waited on until its log holds a
+    line saying it is ready; all are stopped (SIGTERM, then SIGKILL) when the block ends. The
+    `worker_process` fixture uses it, and so do session-scoped servers (tests/browser)."""
+    started: list[AperagProcess] = []
+
+    def start(args: Sequence[str], env: dict[str, str], ready: bytes, what: str) -> AperagProcess:
+        log = tempfile.NamedTemporaryFile(prefix=f"aperag-{args[0]}-", suffix=".log", delete=False)  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "aperag.cli", "worker", "--concurrency", "1", "--loglevel", "INFO"],
+            [sys.executable, "-m", "aperag.cli", *args],
             env={**os.environ, **env, "HF_HUB_OFFLINE": "1", "HEALTH_PORT": "0"},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        started.append((proc, log.name))
-        wait_until(lambda: b"ready." in Path(log.name).read_bytes() or proc.poll() is not None, 120, "worker ready")
-        assert proc.poll() is None, Path(log.name).read_text()
-        return proc
+        started.append(AperagProcess(proc, Path(log.name)))
+        wait_until(lambda: ready in Path(log.name).read_bytes() or proc.poll() is not None, 120, what)
+        assert proc.poll() is None, started[-1].output()
+        return started[-1]
 
-    yield start
-    for proc, log_name in started:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        Path(log_name).unlink(missing_ok=True)
+    try:
+        yield start
+    finally:
+        for each in started:
+            os.killpg(each.proc.pid, signal.SIGTERM)
+            try:
+                each.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(each.proc.pid, signal.SIGKILL)
+                each.proc.wait(timeout=10)
+            each.log.unlink(missing_ok=True)
+
+
+WORKER_ARGS = ("worker", "--concurrency", "1", "--loglevel", "INFO")
+
+
+@pytest.fixture
+def worker_process() -> Iterator[Callable[[dict[str, str]], object]]:
+    """Start `aperag worker` processes with the given environment; all are stopped at the end."""
+    with aperag_processes() as start:
+        yield lambda env: start(WORKER_ARGS, env, b"ready.", "worker ready").proc

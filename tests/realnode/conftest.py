@@ -24,7 +24,6 @@ import pytest
 from e2e.controlplane import realnode
 from e2e.controlplane.localcluster import down, up
 from images.build import build_all
-from tests.app.conftest import postgres, redis_port  # noqa: F401  (the app tests' PostgreSQL and Redis)
 from tests.e2e.conftest import CRD_FILE, OperatorProcess, start_operator
 from tests.harness.cluster import Cluster
 from tests.harness.realnode import PlacementWebhook
