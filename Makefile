@@ -8,6 +8,10 @@ STATE_DIR   := .cluster
 KUBECONFIG_LOCAL := $(CURDIR)/$(STATE_DIR)/admin.kubeconfig
 KUBECTL     := $(VENV)/bin/kubectl --kubeconfig=$(KUBECONFIG_LOCAL)
 APT_PACKAGES := openssl redis-server manpages manpages-dev groff-base
+# The console's browser tests (tests/browser) drive Debian's headless Chromium through its chromedriver.
+# Without recommends: they would pull 105 more packages, among them systemd-sysv (which replaces init),
+# udev, avahi-daemon and samba's libraries, none of which a headless browser needs.
+BROWSER_APT_PACKAGES := chromium chromium-driver
 # Building and running the images without Docker (docs/images.md). Without recommends: crun (which
 # fails on this machine's hybrid cgroups), CNI plugins and the rest are not needed.
 IMAGE_APT_PACKAGES := buildah podman runc mmdebstrap
@@ -49,6 +53,12 @@ system-packages:
 	  echo "installing Debian packages: $$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@missing=$$(for p in $(BROWSER_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@command -v go >/dev/null || { echo "Go (>= 1.26) is required to build the control plane"; exit 1; }
 
