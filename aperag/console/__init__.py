@@ -60,7 +60,8 @@ def _detail(response: Response, exc: Exception) -> str:
     if isinstance(detail, list):  # a validation error: say which field
         parts = [f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg', '')}" for d in detail]
         return "; ".join(parts) or "The request was not valid."
-    return str(detail or exc)
+    text = str(detail or exc)
+    return text[:1].upper() + text[1:]  # the services' messages start lowercase, as API details do
 
 
 def mount(app: FastAPI, enabled: bool) -> None:

@@ -77,7 +77,7 @@ def test_upload_watch_search_open_and_delete(signed_in: Browser, console_server:
         lambda d: (found := d.find_elements(By.CSS_SELECTOR, '#upload-results [role="status"]')) and len(found) == 3
         and found, 30, "an outcome for each file",
     )  # fmt: skip
-    assert all("was uploaded and is being indexed" in o.text for o in outcomes), [o.text for o in outcomes]
+    assert all("was uploaded; the table below shows its indexing" in o.text for o in outcomes), [o.text for o in outcomes]
     progress = browser.driver.find_element(By.ID, "upload-progress")
     browser.wait_for(lambda _: progress.get_attribute("value") == "100", 10, "the progress bar at 100%")
     seen: set[str] = set()
@@ -183,7 +183,7 @@ def test_refused_uploads_say_why(signed_in: Browser, tmp_path: Path) -> None:
     messages = browser.wait_for(outcomes, 30, "an outcome for each of the three files")
     assert messages[0].startswith("setup.exe was not uploaded: this file type is not supported"), messages
     assert messages[1] == "empty.txt was not uploaded: the file is empty.", messages
-    assert messages[2] == "bgp.md was uploaded and is being indexed.", messages
+    assert messages[2] == "bgp.md was uploaded; the table below shows its indexing.", messages
     alerts = browser.driver.find_elements(By.CSS_SELECTOR, '#upload-results [role="alert"]')
     assert [a.text for a in alerts] == messages[:2]
     assert list(rows(browser)) == ["bgp.md"]

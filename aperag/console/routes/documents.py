@@ -122,7 +122,7 @@ async def _upload_one(ctx: AppContext, collection: Collection, file: UploadFile)
         return _refused(name, exc, limit)
     doc = result.document
     if result.created:
-        return UploadOutcome(doc.filename, ok=True, message=f"{doc.filename} was uploaded and is being indexed.",
+        return UploadOutcome(doc.filename, ok=True, message=f"{doc.filename} was uploaded; the table below shows its indexing.",
                              document_id=doc.id)  # fmt: skip
     return UploadOutcome(
         name, ok=True, document_id=doc.id,
