@@ -77,7 +77,8 @@ def test_upload_watch_search_open_and_delete(signed_in: Browser, console_server:
         lambda d: (found := d.find_elements(By.CSS_SELECTOR, '#upload-results [role="status"]')) and len(found) == 3
         and found, 30, "an outcome for each file",
     )  # fmt: skip
-    assert all("was uploaded; the table below shows its indexing" in o.text for o in outcomes), [o.text for o in outcomes]
+    texts = [o.text for o in outcomes]
+    assert all("was uploaded; the table below shows its indexing" in t for t in texts), texts
     progress = browser.driver.find_element(By.ID, "upload-progress")
     browser.wait_for(lambda _: progress.get_attribute("value") == "100", 10, "the progress bar at 100%")
     seen: set[str] = set()

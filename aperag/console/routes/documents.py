@@ -122,8 +122,8 @@ async def _upload_one(ctx: AppContext, collection: Collection, file: UploadFile)
         return _refused(name, exc, limit)
     doc = result.document
     if result.created:
-        return UploadOutcome(doc.filename, ok=True, message=f"{doc.filename} was uploaded; the table below shows its indexing.",
-                             document_id=doc.id)  # fmt: skip
+        message = f"{doc.filename} was uploaded; the table below shows its indexing."
+        return UploadOutcome(doc.filename, ok=True, message=message, document_id=doc.id)
     return UploadOutcome(
         name, ok=True, document_id=doc.id,
         message=f"{name} is already in this collection (as {doc.filename}); it was not added again.",
