@@ -232,3 +232,35 @@ def test_a_search_without_words_says_so(signed_in: Browser, console_server: Cons
     assert "Unknown search mode 'psychic'" in browser.alert()
     checked = browser.driver.find_element(By.CSS_SELECTOR, 'input[name="mode"]:checked')
     assert checked.get_attribute("value") == "hybrid"
+
+
+# Dispatches dragenter, dragover and drop on the drop zone with a DataTransfer holding real File objects,
+# as the browser does when files are dragged from the desktop (WebDriver cannot drag from outside the
+# page). Returns whether the page cancelled dragover (what tells the browser the zone accepts files).
+_DROP_FILES = """
+const [selector, files] = arguments;
+const zone = document.querySelector(selector);
+const transfer = new DataTransfer();
+for (const [name, text] of files) transfer.items.add(new File([text], name, {type: "text/markdown"}));
+zone.dispatchEvent(new DragEvent("dragenter", {bubbles: true, cancelable: true, dataTransfer: transfer}));
+const over = new DragEvent("dragover", {bubbles: true, cancelable: true, dataTransfer: transfer});
+zone.dispatchEvent(over);
+zone.dispatchEvent(new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: transfer}));
+return over.defaultPrevented;
+"""
+
+
+def test_files_dropped_on_the_zone_are_uploaded(signed_in: Browser) -> None:
+    browser = signed_in
+    create(browser, unique("dropped"))
+    browser.wait_for_path(lambda p: bool(COLLECTION_PATH.fullmatch(p)), "the collection page")
+    files = [(p.name, p.read_text()) for p in FILES[:2]]
+    accepted = browser.driver.execute_script(_DROP_FILES, "[data-dropzone]", files)
+    assert accepted is True, "the drop zone did not accept the dragged files"
+    chosen = browser.driver.find_element(By.ID, "files-selected").text
+    assert chosen == f"2 files chosen: {FILES[0].name}, {FILES[1].name}", chosen
+    browser.click("Upload")
+    browser.wait_for(
+        lambda _: rows(browser) == {FILES[0].name: "ready", FILES[1].name: "ready"}, 90, "the dropped files ready"
+    )
+    browser.assert_clean()
