@@ -52,6 +52,10 @@ def test_ask_follow_up_and_open_a_source(signed_in: Browser, console_server: Con
         target = str(cite.get_attribute("href")).split("#", 1)[1]
         assert browser.driver.find_element(By.ID, target) in sources
     assert browser.field("Question").get_attribute("value") == "", "the box is emptied for the next question"
+    # The new chat joins the chats list without a reload.
+    listed = browser.driver.find_element(By.CSS_SELECTOR, '#chat-list a[aria-current="page"]')
+    assert listed.text == "What happens when a liveness probe fails?" and listed.is_displayed(), listed.text
+    assert not browser.driver.find_elements(By.ID, "chats-none")
     browser.shot("chat")
 
     # A follow-up (Ctrl+Enter asks too) continues the same chat.

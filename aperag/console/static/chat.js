@@ -189,6 +189,25 @@
     live.replaceChildren();
   }
 
+  // A chat started on this page joins the chats list at once (the list is rendered by the server on load).
+  function listChat(chatId, question) {
+    const list = document.getElementById("chat-list");
+    if (!list) return;
+    const href = `${window.location.pathname}?chat=${encodeURIComponent(chatId)}`;
+    for (const link of list.querySelectorAll("a")) {
+      if (new URL(link.href).search === `?chat=${encodeURIComponent(chatId)}`) return;
+    }
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = href;
+    link.textContent = question.length > 90 ? `${question.slice(0, 89)}…` : question;
+    link.setAttribute("aria-current", "page");
+    item.append(link);
+    list.prepend(item);
+    list.hidden = false;
+    document.getElementById("chats-none")?.remove();
+  }
+
   function dropTurn(turn) {
     turn.item.remove();
     live.replaceChildren();
@@ -239,6 +258,7 @@
           conversation.dataset.turns = String(turns);
           chatField.value = data.chat_id;
           window.history.replaceState(null, "", `${window.location.pathname}?chat=${encodeURIComponent(data.chat_id)}`);
+          listChat(data.chat_id, question);
           const empty = document.getElementById("chat-empty");
           if (empty) {
             empty.remove();
