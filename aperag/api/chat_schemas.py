@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from aperag.api.schemas import _WORD, _no_control_characters
+from aperag.api.schemas import _no_control_characters
+from aperag.text_rules import WORD
 
 
 class ChatRequest(BaseModel):
@@ -28,7 +29,7 @@ class ChatRequest(BaseModel):
     @classmethod
     def _message_text(cls, value: str) -> str:
         # The rules of a search query: the message is one.
-        if not _WORD.search(value):
+        if not WORD.search(value):
             raise ValueError("message must contain a letter or digit, not only whitespace or punctuation")
         return _no_control_characters(value)
 

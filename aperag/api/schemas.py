@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-# Control characters other than tab, newline and carriage return, and lone UTF-16 surrogates (JSON
-# can spell them, UTF-8 cannot): PostgreSQL text cannot hold NUL or a surrogate, and none of them
-# belongs in a name, a description or a query.
-_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-_WORD = re.compile(r"\w")
+from aperag.text_rules import UNSTORABLE, WORD
 
 
 def _no_control_characters(value: str) -> str:
-    found = _UNSTORABLE.search(value)
+    found = UNSTORABLE.search(value)
     if found:
         raise ValueError(f"must not contain control characters or lone surrogates (found {found.group()!r})")
     return value
@@ -77,7 +72,7 @@ class SearchRequest(BaseModel):
     def _query_text(cls, value: str) -> str:
         # A blank (or punctuation-only) query matches nothing in full-text search and an arbitrary
         # neighbourhood in vector search: refuse it rather than return noise.
-        if not _WORD.search(value):
+        if not WORD.search(value):
             raise ValueError("query must contain a letter or digit, not only whitespace or punctuation")
         return _no_control_characters(value)
 

@@ -11,7 +11,6 @@ request (no session affinity behind the Service), and nothing is held open betwe
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -33,8 +32,8 @@ from aperag.chunks import get_chunk
 from aperag.config import Settings
 from aperag.context import AppContext
 from aperag.stores import StoreUnavailable
+from aperag.text_rules import WORD
 
-_WORD = re.compile(r"\w")
 _ANTICIPATED = (services.NotFound, services.InvalidInput, StoreUnavailable)
 
 
@@ -103,7 +102,7 @@ def build_server(ctx: AppContext) -> MCPServer:
     ) -> SearchResults:
         """Search a collection: vector (semantic), fulltext (BM25 keywords), hybrid (both, fused) or graph
         (chunks that mention the knowledge graph's entities matching the query)."""
-        if not _WORD.search(query):
+        if not WORD.search(query):
             raise ToolError("query must contain a letter or digit")
         try:
             found_collection = await find_collection(ctx, collection)

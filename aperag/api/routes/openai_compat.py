@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aperag import services
 from aperag.api.deps import AUTH, CtxDep, LLMDep
-from aperag.api.schemas import _UNSTORABLE, _WORD, ErrorOut
+from aperag.api.schemas import ErrorOut
 from aperag.chat.prompt import Turn
 from aperag.chat.retrieval import find_collection
 from aperag.chat.service import (
@@ -40,6 +40,7 @@ from aperag.chat.service import (
 )
 from aperag.db.models import new_id
 from aperag.search import MODES
+from aperag.text_rules import UNSTORABLE, WORD
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=AUTH)
 
@@ -125,7 +126,7 @@ def _question_and_history(messages: list[Message]) -> tuple[str, list[Turn]]:
     if last is None:
         raise ValueError("messages must contain a user message (the question)")
     question = messages[last].text().strip()
-    if not _WORD.search(question) or _UNSTORABLE.search(question):
+    if not WORD.search(question) or UNSTORABLE.search(question):
         raise ValueError("the last user message must be text with a letter or digit and no control characters")
     turns = [Turn(m.role, m.text()) for m in messages[:last] if m.role in ("user", "assistant") and m.text()]
     return question[:4000], turns

@@ -10,7 +10,6 @@ and the page comes back with the whole answer. Either way the turn is remembered
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC
@@ -31,15 +30,14 @@ from aperag.console import deps
 from aperag.context import AppContext
 from aperag.db.models import Collection
 from aperag.llm import AsyncLLMClient
+from aperag.text_rules import text_problem
 
 router = APIRouter(dependencies=deps.SIGNED_IN)
 
 MAX_QUESTION = 4000
 MODE = "hybrid"
 EXCERPT_CHARS = 280
-_WORD = re.compile(r"\w")
 # Control characters other than tab, newline and carriage return (a textarea has those), lone surrogates.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 NO_MODEL_MESSAGE = (
     "No chat model is configured, so no answer can be generated. Set LLM_API_BASE (an OpenAI-compatible"
@@ -61,18 +59,6 @@ def _failure_message(exc: GenerationFailed) -> str:
         return NO_MODEL_MESSAGE
     detail = exc.detail[:1].upper() + exc.detail[1:]
     return f"No answer: {detail}. Your question is still in the box below: ask again, perhaps in a moment."
-
-
-def _question_problem(question: str) -> str | None:
-    if not question:
-        return "Enter a question."
-    if len(question) > MAX_QUESTION:
-        return f"The question is too long: at most {MAX_QUESTION} characters (it has {len(question)})."
-    if _CONTROL.search(question):
-        return "The question cannot contain control characters."
-    if not _WORD.search(question):
-        return "Enter a question with at least one word, not only punctuation."
-    return None
 
 
 def _href(collection_id: str, document_id: str, ordinal: int | None) -> str:
@@ -175,7 +161,7 @@ async def ask(
         context.update(question=keep, error=error, retrieved=retrieved or [])
         return deps.render(request, "chat.html", context, status)
 
-    problem = _question_problem(question)
+    problem = "Enter a question." if not question else text_problem(question, what="question", limit=MAX_QUESTION)
     if problem is None and current is not None:
         try:
             await run_in_threadpool(history.get_chat, ctx, collection.id, current)

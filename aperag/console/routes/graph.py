@@ -5,7 +5,6 @@ entities and their neighbours."""
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from aperag import services
 from aperag.console import deps
 from aperag.console.graph_layout import layout
 from aperag.graph import read
+from aperag.text_rules import text_problem
 
 router = APIRouter(dependencies=deps.SIGNED_IN)
 
@@ -22,7 +22,6 @@ MAX_NODES = 60  # drawn (and listed): the most connected, or a filter's matches 
 MAX_QUERY = 200
 WIDTH, HEIGHT = 800, 600
 TYPE_COLOURS = 8  # classes type-0 .. type-7 in graph.css; further types share type-other
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 STILL_BUILDING = ("indexing", "pending", "building")
 
 
@@ -77,19 +76,11 @@ def _draw(found: read.Neighbourhood) -> tuple[list[NodeView], list[EdgeView], di
     return nodes, edges, colours
 
 
-def _query_problem(q: str) -> str | None:
-    if len(q) > MAX_QUERY:
-        return f"The filter is too long: at most {MAX_QUERY} characters."
-    if _CONTROL.search(q):
-        return "The filter cannot contain control characters."
-    return None
-
-
 @router.get("/collections/{ref}/graph")
 def graph_page(request: Request, ctx: deps.CtxDep, ref: str, q: str = "") -> Response:
     collection = services.get_collection(ctx, ref)
     q = q.strip()
-    error = _query_problem(q)
+    error = text_problem(q, what="filter", limit=MAX_QUERY, needs_word=False)
     found = read.neighbourhood(ctx, collection.id, None if error else q or None, MAX_NODES)
     nodes, edges, colours = _draw(found)
     progress = read.build_progress(ctx, collection.id)

@@ -3,7 +3,6 @@ query's terms marked, each linked to its chunk in the document view."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
@@ -13,6 +12,7 @@ from aperag import services
 from aperag.console import deps
 from aperag.console.highlight import highlight
 from aperag.search import MODES, search
+from aperag.text_rules import text_problem
 
 router = APIRouter(dependencies=deps.SIGNED_IN)
 
@@ -21,8 +21,6 @@ DEFAULT_MODE = "hybrid"
 MODE_LABELS = {"hybrid": "Hybrid", "vector": "Vector", "fulltext": "Full text", "graph": "Graph"}
 TOP_K = 10
 MAX_QUERY = 4000
-_WORD = re.compile(r"\w")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -33,17 +31,6 @@ class HitView:
     ordinal: int | None
     score: float
     text: Markup
-
-
-def _query_problem(q: str) -> str | None:
-    """The rules of the API's SearchRequest, as sentences."""
-    if len(q) > MAX_QUERY:
-        return f"The query is too long: at most {MAX_QUERY} characters."
-    if _CONTROL.search(q):
-        return "The query cannot contain control characters."
-    if not _WORD.search(q):
-        return "Type a word or a number to search for, not only punctuation."
-    return None
 
 
 @router.get("/collections/{ref}/search")
@@ -61,7 +48,7 @@ def search_page(request: Request, ctx: deps.CtxDep, ref: str, q: str = "", mode:
         error = f"Unknown search mode {mode[:40]!r}: choose one of {', '.join(MODE_LABELS.values())}."
         context["mode"] = DEFAULT_MODE
     elif q:
-        error = _query_problem(q)
+        error = text_problem(q, what="query", limit=MAX_QUERY)
     if error is not None:
         return deps.render(request, "search.html", {**context, "error": error}, 400)
     if not q:

@@ -105,7 +105,7 @@ def test_document_text_is_escaped_in_hits(console: TestClient) -> None:
 @pytest.mark.parametrize(
     ("q", "mode", "message"),
     [
-        ("?!", "hybrid", "Type a word or a number"),
+        ("?!", "hybrid", "at least one letter or digit"),
         ("bees", "magic", "Unknown search mode"),
         ("x" * 4001, "fulltext", "too long"),
         ("bees\x00", "fulltext", "control characters"),
