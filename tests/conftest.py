@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -108,6 +109,18 @@ def redis_port() -> Iterator[int]:
         pytest.fail("redis-server is not installed: `make system-packages` installs it (tests/app/SETUP.md)")
     with redis_server() as port:
         yield port
+
+
+@pytest.fixture(autouse=True)
+def _release_database_connections() -> Iterator[None]:
+    """The app keeps one engine, with its pool, per database URL (aperag.db.session), and most tests make
+    a database of their own on the one shared server: the idle connections of finished tests add up past
+    its max_connections (a whole run hit "too many clients"). Close them after each test; an engine
+    still held by a longer-lived fixture opens new ones when it is used again."""
+    yield
+    session = sys.modules.get("aperag.db.session")
+    if session is not None:
+        session.dispose_all()
 
 
 @pytest.fixture(scope="session")
