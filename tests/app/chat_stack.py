@@ -4,10 +4,13 @@ Module-scoped: import the fixtures into a test module (one app runs at a time in
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pytest
 
 from aperag.api.app import create_app
@@ -52,3 +55,18 @@ def stack(app_env_factory: Callable[..., dict[str, str]], embedder_warm: None, l
     ids = seed(ctx, "kb", {name: body.encode() for name, body in DOCS.items()})
     with serve(create_app(ctx)) as url:
         yield Stack(url, ctx, ids, llm)
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """The events of a text/event-stream response, parsed as they arrive."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    name, data = "", ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data += line[6:]
+        elif line == "" and name:
+            events.append((name, json.loads(data)))
+            name, data = "", ""
+    return events

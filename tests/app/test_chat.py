@@ -3,14 +3,12 @@ uvicorn, and tests/scripted_llm.py as the model; clients are real HTTP clients (
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.app.chat_stack import AUTH, KEY, Stack, llm, stack
+from tests.app.chat_stack import AUTH, KEY, Stack, llm, sse_events, stack
 from tests.scripted_llm import CutStream, Disconnect, Fail, Malformed, Reply, Rule, Step
 
 __all__ = ["llm", "stack"]  # module-scoped fixtures: one live app for this module
@@ -23,19 +21,6 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
 
 
 
-def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
-    """The events of a text/event-stream response, parsed as they arrive."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    name, data = "", ""
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            data += line[6:]
-        elif line == "" and name:
-            events.append((name, json.loads(data)))
-            name, data = "", ""
-    return events
 
 
 def test_answer_cites_only_chunks_that_were_in_its_context(stack: Stack, http: httpx.Client) -> None:

@@ -5,7 +5,6 @@ JavaScript, the history, no model, model failures, bad input and the CSRF check.
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from sqlalchemy import select
 from aperag.chat.citations import segments
 from aperag.context import AppContext
 from aperag.db.models import Chunk
-from tests.app.chat_stack import grounded
+from tests.app.chat_stack import grounded, sse_events
 from tests.app.console.conftest import csrf_of, sign_in
 from tests.app.corpus import DOCS
 from tests.app.live_server import seed
@@ -64,20 +63,6 @@ class Page:
         data = {"question": question, "chat_id": chat_id}
         with self.client.stream("POST", self.url, data=data, headers=headers) as r:
             return r, sse_events(r) if r.headers["content-type"].startswith("text/event-stream") else []
-
-
-def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    name, data = "", ""
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            data += line[6:]
-        elif line == "" and name:
-            events.append((name, json.loads(data)))
-            name, data = "", ""
-    return events
 
 
 @pytest.fixture
