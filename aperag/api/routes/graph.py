@@ -59,15 +59,9 @@ def get_graph(
 ) -> GraphOut:
     c = services.get_collection(ctx, collection)
     found = read.page(ctx, c.id, label, limit, offset)
-    nodes = [
-        GraphNode(id=e.id, name=e.name, label=e.label, description=e.description, chunks=e.chunks)
-        for e in found.entities
-    ]
-    edges = [
-        GraphEdge(id=r.id, source=r.source, target=r.target, description=r.description, keywords=r.keywords,
-                  weight=r.weight)
-        for r in found.relations
-    ]  # fmt: skip
+    # The wire models take their fields from aperag.graph.read's rows (the extra ones are left out).
+    nodes = [GraphNode.model_validate(e, from_attributes=True) for e in found.entities]
+    edges = [GraphEdge.model_validate(r, from_attributes=True) for r in found.relations]
     next_offset = offset + limit if offset + limit < found.total_entities else None
     return GraphOut(
         nodes=nodes, edges=edges, total_nodes=found.total_entities, offset=offset, limit=limit, next_offset=next_offset
